@@ -1,0 +1,103 @@
+"""GALI / ALI / ALICE objectives as pure functions of discriminator logits.
+
+Convention: ``logits`` has shape [n, batch, n]; ``logits[c, i]`` are D's n logits
+for the i-th tuple of class c, and ``p = softmax(logits)``. Every function returns
+per-example losses of shape [batch] (example i owns the i-th tuple of every class,
+all built from the same x_i and z_i); `reduce_loss` averages them once by the
+*global* batch, which is what a tf.distribute strategy needs.
+
+Weighting (GALI appendix, "Architecture and Setup"): an objective with m log terms
+is weighted by 2/m, so that ALI's discriminator and generator losses have weight 1.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+GENERATOR_LOSSES = ("product_of_terms", "minimax", "misclassification")
+
+
+def _own_class_log_probs(logits: tf.Tensor) -> tf.Tensor:
+    """log p_c(t_c) for every class c: shape [batch, n]."""
+    log_p = tf.nn.log_softmax(logits, axis=-1)                 # [n, batch, n]
+    return tf.linalg.diag_part(tf.transpose(log_p, [1, 0, 2]))  # [batch, n]
+
+
+def discriminator_loss(logits: tf.Tensor) -> tf.Tensor:
+    """GALI eq. 3 (n-way cross-entropy): L_D = -(2/n) sum_c log p_c(t_c).
+
+    For n = 2 this is ALI's discriminator loss -log D(x, E(x)) - log(1 - D(G(z), z)).
+    """
+    n = logits.shape[0]
+    return -(2.0 / n) * tf.reduce_sum(_own_class_log_probs(logits), axis=-1)
+
+
+def minimax_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+    """GALI eq. 2 for the generator-encoder: L_G = -L_D (saturates; an ablation)."""
+    return -discriminator_loss(logits)
+
+
+def misclassification_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+    """L_G = -(2/n) sum_c log(1 - p_c(t_c)) (GALI "Misclassification Likelihood").
+
+    log(1 - p_c) = logsumexp_{j != c} l_j - logsumexp_j l_j, computed without
+    forming 1 - p_c, which underflows when D is confident.
+    """
+    n = logits.shape[0]
+    own = tf.eye(n, dtype=tf.bool)[:, None, :]                           # [n, 1, n]
+    others = tf.where(own, tf.constant(-float("inf"), logits.dtype), logits)
+    log_not_c = tf.reduce_logsumexp(others, axis=-1) - tf.reduce_logsumexp(logits, axis=-1)
+    return -(2.0 / n) * tf.reduce_sum(log_not_c, axis=0)                  # [n, b] -> [b]
+
+
+def product_of_terms_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+    """GALI eq. 4: L_G = -(2/m) sum_c sum_{j != c} log p_j(t_c), m = n(n - 1).
+
+    Every wrong class's probability is pushed up, so the gradient does not vanish
+    when D rejects some classes confidently. For n = 2 this is exactly ALI's
+    non-saturating loss -log(1 - D(x, E(x))) - log D(G(z), z) (ALI eq. 4).
+    """
+    n = logits.shape[0]
+    log_p = tf.nn.log_softmax(logits, axis=-1)                        # [n, b, n]
+    all_terms = tf.reduce_sum(log_p, axis=[0, 2])                     # sum_c sum_j
+    own_terms = tf.reduce_sum(_own_class_log_probs(logits), axis=-1)  # sum_c (j = c)
+    return -(2.0 / (n * (n - 1))) * (all_terms - own_terms)
+
+
+def generator_loss(name: str, logits: tf.Tensor) -> tf.Tensor:
+    """The generator-encoder loss selected by name (one of GENERATOR_LOSSES)."""
+    losses = {
+        "product_of_terms": product_of_terms_generator_loss,
+        "minimax": minimax_generator_loss,
+        "misclassification": misclassification_generator_loss,
+    }
+    if name not in losses:
+        raise ValueError(f"--generator_loss={name!r}: expected one of {', '.join(losses)}")
+    return losses[name](logits)
+
+
+def l2_reconstruction_loss(target: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
+    """ALICE's explicit cycle term per example: mean((target - reconstruction)^2).
+
+    On the model's own scale ([-1, 1] for images); the caller multiplies by lambda
+    (official: 1.0 SVHN, 0.02 CelebA).
+    """
+    squared = tf.square(tf.cast(target, tf.float32) - tf.cast(reconstruction, tf.float32))
+    return tf.reduce_mean(tf.reshape(squared, [tf.shape(squared)[0], -1]), axis=-1)
+
+
+def own_class_probabilities(logits: tf.Tensor) -> tf.Tensor:
+    """Mean over the batch of p_c(t_c) for each class c: shape [n].
+
+    What the official GALI code prints while training: how sure D is of each class.
+    """
+    return tf.reduce_mean(tf.exp(_own_class_log_probs(logits)), axis=0)
+
+
+def reduce_loss(per_example: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """Sum of per-example losses over this replica / the global batch size.
+
+    Under a strategy the replicas' gradients are summed, so each replica divides by
+    the global batch once; no extra 1/num_replicas on top.
+    """
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
