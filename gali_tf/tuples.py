@@ -205,7 +205,10 @@ def parse_tuple_set(text: str, name: str | None = None) -> TupleSet:
             continue
         is_l2 = entry.startswith("l2:")
         names = [n for n in entry[3:].split(",")] if is_l2 else entry.split(",")
-        nodes = tuple(parse_node(n) for n in names)
+        try:
+            nodes = tuple(parse_node(n) for n in names)
+        except TupleError as error:
+            raise TupleError(f"--tuples entry {entry!r}: {error}") from None
         if is_l2:
             if len(nodes) != 2 or nodes[0].kind != nodes[1].kind:
                 raise TupleError(

@@ -1,0 +1,460 @@
+"""tf.data input pipelines: sklearn digits, TFDS datasets, image folders, toy mixture.
+
+Every source yields float32 examples; images are (H, W, C) scaled to [-1, 1], the toy
+mixture is (2,) and unscaled. Config field names equal the trainer's flag names, so
+errors can name the flag as `--field`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+DATASETS = ("digits", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
+SPLITS = ("train", "test")
+
+# Default (image_size, channels) per image dataset.
+_IMAGE_DEFAULTS = {
+    "digits": (16, 1),
+    "svhn_cropped": (32, 3),
+    "cifar10": (32, 3),
+    "celeb_a": (64, 3),
+    "folder": (64, 3),
+}
+
+DIGITS_NUM_TEST = 297  # 1797 images: 1500 train + 297 test.
+_DIGITS_MAX_VALUE = 16.0  # load_digits pixels are counts in 0..16.
+
+# CelebA images are 218x178 with the face roughly centred; a central 140x140 crop keeps
+# the face and drops most background (the crop used by the usual DCGAN/ALI CelebA code).
+CELEBA_CROP_SIZE = 140
+
+# The 40 CelebA attribute names, sorted: the column order of the label vector.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald",
+    "Bangs", "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose",
+    "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+
+# ALI paper section 4.5: 25 equally weighted Gaussians on the grid {-4,-2,0,2,4}^2.
+_TOY25_GRID = (-4.0, -2.0, 0.0, 2.0, 4.0)
+TOY25_MEANS = np.array([(x, y) for x in _TOY25_GRID for y in _TOY25_GRID], np.float32)
+TOY25_STD = 0.05
+_TOY25_SIZES = {"train": (100_000, 0), "test": (10_000, 1)}  # split -> (n, RandomState seed)
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data to read and how; field names are the trainer's flag names."""
+
+    dataset: str = "digits"  # digits | svhn_cropped | cifar10 | celeb_a | folder | toy25
+    data_dir: str | None = None  # TFDS data_dir (prepared data; loaded with download=False)
+    image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png
+    image_size: int | None = None  # None = the dataset's default
+    channels: int | None = None  # None = the dataset's default (digits 1, others 3)
+    shuffle_buffer: int = 10_000
+
+
+class DataError(ValueError):
+    """One-line, user-facing input error naming the flag/path and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of a dataset as `make_dataset` will yield it."""
+
+    name: str
+    example_shape: tuple[int, ...]  # (H, W, C) for images, (2,) for toy25
+    num_train: int
+    num_test: int  # 0 if the source has no test split
+    num_classes: int  # 0 unlabelled; celeb_a: 40 binary attributes (multi-label)
+    is_image: bool
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _check_config(cfg: DataConfig) -> None:
+    if cfg.dataset not in DATASETS:
+        raise DataError(
+            f"--dataset={cfg.dataset}: unknown dataset "
+            f"(expected one of {', '.join(DATASETS)})"
+        )
+    if cfg.image_size is not None and (cfg.image_size < 4 or cfg.image_size % 4):
+        raise DataError(
+            f"--image_size={cfg.image_size}: expected a multiple of 4, at least 4"
+        )
+    if cfg.channels is not None and cfg.channels not in (1, 3):
+        raise DataError(f"--channels={cfg.channels}: expected 1 or 3")
+    if cfg.shuffle_buffer < 1:
+        raise DataError(f"--shuffle_buffer={cfg.shuffle_buffer}: expected at least 1")
+
+
+def _image_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    default_size, default_channels = _IMAGE_DEFAULTS[cfg.dataset]
+    size = cfg.image_size or default_size
+    return (size, size, cfg.channels or default_channels)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+
+
+# ------------------------------------------------------------------ shared image steps
+
+
+def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """Converts a float (H, W, 1|3) image to `channels` channels."""
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if channels == 1:
+        return tf.image.rgb_to_grayscale(image)
+    return tf.image.grayscale_to_rgb(image)
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear resize of a float (H, W, C) image to (size, size, C), skipped if equal."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return tf.image.resize(image, (size, size), method="bilinear")
+
+
+def _central_square_crop(image: tf.Tensor, crop: int | None = None) -> tf.Tensor:
+    """Central crop to (crop, crop); crop=None uses min(height, width)."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.minimum(height, width) if crop is None else tf.constant(crop)
+    return tf.image.crop_to_bounding_box(
+        image, (height - side) // 2, (width - side) // 2, side, side
+    )
+
+
+def _finish_uint8_image(image: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
+    """uint8 (H, W, C) -> float32 `shape` in [-1, 1]."""
+    size, _, channels = shape
+    image = _to_channels(tf.cast(image, tf.float32), channels)
+    image = _resize(image, size)
+    image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+    return tf.ensure_shape(image, shape)
+
+
+# ------------------------------------------------------------------------- pipeline
+
+
+def _pipeline(
+    ds: tf.data.Dataset,
+    preprocess: Callable | None,
+    *,
+    cfg: DataConfig,
+    batch_size: int,
+    shuffle: bool,
+    repeat: bool,
+    seed: int,
+    group: int,
+    drop_remainder: bool,
+) -> tf.data.Dataset:
+    """The common tail: shuffle -> repeat -> preprocess -> (group) -> batch -> prefetch."""
+    if shuffle:
+        # Shuffle raw records, before decoding, so the buffer holds small elements.
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if preprocess is not None:
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if group > 1:
+        ds = ds.batch(group, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------- digits
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
+    return load_digits()
+
+
+def _digits_arrays(split: str, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images float32 [N, *shape] in [-1, 1], labels int32 [N]) of a split."""
+    digits = _load_digits()
+    order = np.random.RandomState(0).permutation(len(digits.images))
+    num_train = len(order) - DIGITS_NUM_TEST
+    index = order[:num_train] if split == "train" else order[num_train:]
+    images = digits.images[index].astype(np.float32)[..., None]
+    size, _, channels = shape
+    images = tf.image.resize(images, (size, size), method="bilinear").numpy()
+    images = np.clip(images / _DIGITS_MAX_VALUE * 2.0 - 1.0, -1.0, 1.0)
+    if channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    return images.astype(np.float32), digits.target[index].astype(np.int32)
+
+
+def _digits_info(cfg: DataConfig) -> DatasetInfo:
+    num_train = len(_load_digits().target) - DIGITS_NUM_TEST
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), num_train, DIGITS_NUM_TEST, 10, True)
+
+
+def _digits_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
+    del seed, shuffle
+    images, labels = _digits_arrays(split, _image_shape(cfg))
+    return tf.data.Dataset.from_tensor_slices((images, labels) if with_labels else images), None
+
+
+# ----------------------------------------------------------------------------- toy25
+
+
+def toy25_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (points float32 [N, 2], component index int32 [N]) of a toy25 split."""
+    _check_split(split)
+    num, rng_seed = _TOY25_SIZES[split]
+    rng = np.random.RandomState(rng_seed)
+    labels = rng.randint(len(TOY25_MEANS), size=num)
+    points = TOY25_MEANS[labels] + TOY25_STD * rng.randn(num, 2)
+    return points.astype(np.float32), labels.astype(np.int32)
+
+
+def _toy25_info(cfg: DataConfig) -> DatasetInfo:
+    return DatasetInfo(
+        cfg.dataset, (2,), _TOY25_SIZES["train"][0], _TOY25_SIZES["test"][0],
+        len(TOY25_MEANS), False,
+    )
+
+
+def _toy25_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
+    del cfg, seed, shuffle
+    points, labels = toy25_arrays(split)
+    return tf.data.Dataset.from_tensor_slices((points, labels) if with_labels else points), None
+
+
+# ------------------------------------------------------------------------------ TFDS
+
+
+def _svhn_cifar_image(image: tf.Tensor) -> tf.Tensor:
+    return image
+
+
+def _celeba_image(image: tf.Tensor) -> tf.Tensor:
+    return _central_square_crop(image, CELEBA_CROP_SIZE)
+
+
+def _class_label(example: dict) -> tf.Tensor:
+    return tf.cast(example["label"], tf.int32)
+
+
+def _celeba_attributes(example: dict) -> tf.Tensor:
+    attributes = example["attributes"]
+    return tf.stack([tf.cast(attributes[k], tf.float32) for k in CELEBA_ATTRIBUTES], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsSpec:
+    num_classes: int
+    crop_image: Callable[[tf.Tensor], tf.Tensor]  # uint8 decoded image -> uint8 image
+    label: Callable[[dict], tf.Tensor]
+
+
+_TFDS = {
+    "svhn_cropped": _TfdsSpec(10, _svhn_cifar_image, _class_label),
+    "cifar10": _TfdsSpec(10, _svhn_cifar_image, _class_label),
+    "celeb_a": _TfdsSpec(len(CELEBA_ATTRIBUTES), _celeba_image, _celeba_attributes),
+}
+
+
+def _tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
+    """Returns the prepared TFDS builder, or raises DataError (never downloads)."""
+    builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+    # is_prepared() looks for dataset_info.json/features.json of this version on disk.
+    if not builder.is_prepared():
+        where = (
+            f"--data_dir={cfg.data_dir}" if cfg.data_dir
+            else f"the default --data_dir (unset; looked in {builder.data_dir})"
+        )
+        data_dir = cfg.data_dir or "DIR"
+        raise DataError(
+            f"--dataset={cfg.dataset} is not prepared in {where} "
+            f"(expected TFDS files there; prepare it on a machine with internet: "
+            f"tfds build {cfg.dataset} --data_dir={data_dir})"
+        )
+    if cfg.dataset == "celeb_a":
+        names = tuple(sorted(builder.info.features["attributes"].keys()))
+        if names != CELEBA_ATTRIBUTES:
+            raise DataError(
+                f"--dataset=celeb_a in --data_dir={cfg.data_dir}: unexpected attribute "
+                f"names ({len(names)} found, expected the 40 CelebA attributes)"
+            )
+    return builder
+
+
+def _tfds_info(cfg: DataConfig) -> DatasetInfo:
+    builder = _tfds_builder(cfg)
+    splits = builder.info.splits
+    num_train = splits["train"].num_examples if "train" in splits else 0
+    num_test = splits["test"].num_examples if "test" in splits else 0
+    return DatasetInfo(
+        cfg.dataset, _image_shape(cfg), num_train, num_test,
+        _TFDS[cfg.dataset].num_classes, True,
+    )
+
+
+def _tfds_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
+    builder = _tfds_builder(cfg)
+    spec = _TFDS[cfg.dataset]
+    shape = _image_shape(cfg)
+    image_feature = builder.info.features["image"]
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle,
+        read_config=tfds.ReadConfig(shuffle_seed=seed),
+        # Decode after the shuffle: a buffer of encoded images is ~10x smaller.
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+
+    def preprocess(example):
+        image = spec.crop_image(image_feature.decode_example(example["image"]))
+        image = _finish_uint8_image(image, shape)
+        return (image, spec.label(example)) if with_labels else image
+
+    return ds, preprocess
+
+
+# ---------------------------------------------------------------------------- folder
+
+
+def _folder_files(cfg: DataConfig) -> list[str]:
+    """Sorted image paths under --image_dir, each checked to start like a JPEG/PNG."""
+    image_dir = cfg.image_dir
+    if not image_dir or not os.path.isdir(image_dir):
+        raise DataError(f"--image_dir={image_dir}: no such directory")
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(image_dir, followlinks=True)
+        for name in names
+        if name.lower().endswith(_IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise DataError(f"--image_dir={image_dir}: no .jpg/.jpeg/.png files found")
+    for path in paths:
+        # Reading only the magic bytes keeps validation cheap on large folders.
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except OSError:
+            head = b""
+        if not head.startswith(_IMAGE_MAGICS):
+            raise DataError(
+                f"--image_dir: cannot read image {path!r} (not a JPEG or PNG)"
+            )
+    return paths
+
+
+def _folder_num_test(num_files: int) -> int:
+    # Last 10% is the test split; fewer than 10 files give no test split.
+    return num_files // 10
+
+
+def _folder_info(cfg: DataConfig) -> DatasetInfo:
+    num = len(_folder_files(cfg))
+    num_test = _folder_num_test(num)
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), num - num_test, num_test, 0, True)
+
+
+def _folder_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
+    del seed, shuffle
+    if with_labels:
+        raise DataError(
+            f"--dataset=folder (--image_dir={cfg.image_dir}) has no labels "
+            "(with_labels needs a labelled dataset)"
+        )
+    paths = _folder_files(cfg)
+    num_train = len(paths) - _folder_num_test(len(paths))
+    paths = paths[:num_train] if split == "train" else paths[num_train:]
+    if not paths:
+        raise DataError(
+            f"--image_dir={cfg.image_dir}: no {split} split "
+            "(the last 10% of files is the test split; needs at least 10 files)"
+        )
+    shape = _image_shape(cfg)
+
+    def preprocess(path):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=shape[-1], expand_animations=False
+        )
+        return _finish_uint8_image(_central_square_crop(image), shape)
+
+    return tf.data.Dataset.from_tensor_slices(paths), preprocess
+
+
+# ------------------------------------------------------------------------ public API
+
+_INFO = {
+    "digits": _digits_info,
+    "svhn_cropped": _tfds_info,
+    "cifar10": _tfds_info,
+    "celeb_a": _tfds_info,
+    "folder": _folder_info,
+    "toy25": _toy25_info,
+}
+_SOURCE = {
+    "digits": _digits_source,
+    "svhn_cropped": _tfds_source,
+    "cifar10": _tfds_source,
+    "celeb_a": _tfds_source,
+    "folder": _folder_source,
+    "toy25": _toy25_source,
+}
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Validates `cfg` and describes the dataset without decoding it."""
+    _check_config(cfg)
+    return _INFO[cfg.dataset](cfg)
+
+
+def make_dataset(
+    cfg: DataConfig,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    repeat: bool,
+    seed: int = 0,
+    group: int = 1,
+    with_labels: bool = False,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
+    """Batched examples of `split` ("train" | "test"), optionally with labels.
+
+    Elements are (batch, *example_shape), or (batch, group, *example_shape) when
+    group > 1 (consecutive examples, e.g. one per discriminator step).
+    """
+    _check_config(cfg)
+    _check_split(split)
+    if batch_size < 1 or group < 1:
+        raise DataError(f"batch_size={batch_size}, group={group}: expected at least 1")
+    ds, preprocess = _SOURCE[cfg.dataset](cfg, split, seed, shuffle, with_labels)
+    return _pipeline(
+        ds, preprocess, cfg=cfg, batch_size=batch_size, shuffle=shuffle, repeat=repeat,
+        seed=seed, group=group, drop_remainder=drop_remainder,
+    )
+
+
+def steps_per_epoch(info: DatasetInfo, batch_size: int, group: int = 1) -> int:
+    """Train steps per pass over the train split (at least 1)."""
+    return max(1, info.num_train // (batch_size * group))

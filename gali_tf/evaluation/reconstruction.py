@@ -1,0 +1,41 @@
+"""Reconstruction quality (GALI Table 1): pixel MSE of G(mu(E(x))) on test images."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from gali_tf.visualize import to_unit_range
+
+
+@dataclasses.dataclass(frozen=True)
+class MSEResult:
+    mean: float          # over every value of every test image
+    std: float           # of the per-batch means (the papers' "±")
+    num_batches: int
+    num_examples: int
+
+    def __str__(self) -> str:
+        return (f"{self.mean:.5f} ± {self.std:.5f} "
+                f"({self.num_examples} images, {self.num_batches} batches)")
+
+
+def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
+    """Mean squared error between images and reconstructions, both scaled to [0, 1].
+
+    `reconstruct` maps a batch in [-1, 1] to its reconstruction G(mu(E(x))) (z = mu,
+    inference-mode BatchNorm); `dataset` yields image batches in [-1, 1].
+    """
+    reconstruct = tf.function(reconstruct)
+    sums, counts, batch_means = 0.0, 0, []
+    for images in dataset:
+        squared = tf.square(to_unit_range(images) - to_unit_range(reconstruct(images)))
+        batch_means.append(float(tf.reduce_mean(squared)))
+        sums += float(tf.reduce_sum(squared))
+        counts += int(tf.size(squared))
+    if not batch_means:
+        raise ValueError("pixel_mse: the dataset is empty")
+    num_examples = counts // int(np.prod(images.shape[1:]))
+    return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)

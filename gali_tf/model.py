@@ -1,0 +1,278 @@
+"""One keras.Model for ALI, ALICE and every GALI variant.
+
+A variant is a `TupleSet` plus a few options (`ModelConfig`); the training step is
+shared: `n_dis` discriminator steps, then one generator-encoder step with a fresh
+discriminator forward pass on the same chain nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List
+
+import keras
+import tensorflow as tf
+
+from gali_tf import networks, objectives, tuples
+
+NOISE_SCHEDULES = ("linear", "exponential", "constant")
+
+# The exponential instance-noise schedule decays to this fraction of its start value
+# by the end of training (the GALI paper says "exponentially decaying" noise but
+# gives no rate; the official code uses the linear schedule, our default).
+EXPONENTIAL_NOISE_FINAL_RATIO = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Options of the adversarial game; field names equal the trainer's flags."""
+
+    tuples: str = "gali4"                 # built-in name or a tuple list (gali_tf.tuples)
+    generator_loss: str = "product_of_terms"
+    l2_weight: float = 1.0                # lambda of the tuple set's l2 terms (ALICE)
+    n_dis: int = 1                        # discriminator steps per generator-encoder step
+    learning_rate: float = 2e-4
+    beta_1: float = 0.5
+    beta_2: float = 0.999
+    instance_noise: float = 0.1           # initial std of the noise on every image D sees
+    noise_schedule: str = "linear"        # linear | exponential | constant
+    seed: int = 0
+
+
+class ConfigError(ValueError):
+    """An inconsistent combination of options (one line, naming the flag)."""
+
+
+def check_model_config(config: ModelConfig) -> tuples.TupleSet:
+    """Validates the options and returns the parsed tuple set."""
+    tuple_set = tuples.parse_tuple_set(config.tuples)
+    if config.generator_loss not in objectives.GENERATOR_LOSSES:
+        raise ConfigError(f"--generator_loss={config.generator_loss!r}: expected one of "
+                          f"{', '.join(objectives.GENERATOR_LOSSES)}")
+    if config.n_dis < 1:
+        raise ConfigError(f"--n_dis={config.n_dis}: expected an integer >= 1")
+    if config.noise_schedule not in NOISE_SCHEDULES:
+        raise ConfigError(f"--noise_schedule={config.noise_schedule!r}: expected one of "
+                          f"{', '.join(NOISE_SCHEDULES)}")
+    if config.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate={config.learning_rate}: expected > 0")
+    if config.instance_noise < 0:
+        raise ConfigError(f"--instance_noise={config.instance_noise}: expected >= 0")
+    unsupported = tuple_set.operator_families() - {"E", "G"}
+    if unsupported:
+        raise ConfigError(f"--tuples={config.tuples!r}: operators {sorted(unsupported)} need "
+                          "masks or a pretrained model M, which this model is not given")
+    return tuple_set
+
+
+def instance_noise_std(config: ModelConfig, progress: tf.Tensor) -> tf.Tensor:
+    """Std of the instance noise at training progress in [0, 1].
+
+    linear (official code): std0 * (1 - epoch / epochs); exponential (the paper's
+    wording): std0 * r ** progress with r = EXPONENTIAL_NOISE_FINAL_RATIO.
+    """
+    std0 = tf.constant(config.instance_noise, tf.float32)
+    progress = tf.clip_by_value(tf.cast(progress, tf.float32), 0.0, 1.0)
+    if config.noise_schedule == "linear":
+        return std0 * (1.0 - progress)
+    if config.noise_schedule == "exponential":
+        return std0 * tf.pow(EXPONENTIAL_NOISE_FINAL_RATIO, progress)
+    return std0
+
+
+class StepNoise:
+    """Deterministic random numbers for one train step, different for each draw.
+
+    Each draw is generated for the *global* batch from a stateless seed
+    (run seed, step, draw index) and sliced to this replica's share. Replicas
+    therefore get different noise, a run on R devices draws the same numbers as a
+    run on one device with the same global batch, a resumed run draws what the
+    uninterrupted run would have drawn, and it all compiles under XLA.
+    """
+
+    def __init__(self, seed: int, step: tf.Tensor):
+        self._seed = tf.cast(step, tf.int64) + tf.constant(seed, tf.int64) * 1_000_003
+        self._draws = 0
+        context = tf.distribute.get_replica_context()
+        self._replica = 0 if context is None else context.replica_id_in_sync_group
+        self._replicas = tf.distribute.get_strategy().num_replicas_in_sync
+
+    def normal(self, shape, dtype=tf.float32) -> tf.Tensor:
+        """N(0, 1) noise of this replica's static `shape` ([local_batch, ...])."""
+        self._draws += 1
+        shape = [int(d) for d in shape]
+        local = shape[0]
+        seed = tf.stack([self._seed, tf.constant(self._draws, tf.int64)])
+        full = tf.random.stateless_normal([local * self._replicas, *shape[1:]], seed, dtype=dtype)
+        return full[self._replica * local:(self._replica + 1) * local] if self._replicas > 1 else full
+
+
+class GALIModel(keras.Model):
+    """Encoder E, generator G and discriminator D trained on a tuple set."""
+
+    def __init__(self, network_config: networks.NetworkConfig, config: ModelConfig,
+                 global_batch_size: int, total_steps: int, steps_per_epoch: int, **kwargs):
+        super().__init__(**kwargs)
+        self.network_config = network_config
+        self.config = config
+        self.tuple_set = check_model_config(config)
+        self.global_batch_size = int(global_batch_size)
+        self.total_steps = max(int(total_steps), 1)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.encoder = networks.build_encoder(network_config)
+        self.generator = networks.build_generator(network_config)
+        self.discriminator = networks.build_discriminator(
+            network_config, self.tuple_set.slot_kinds, self.tuple_set.num_classes)
+        # Two Adam optimizers, one per side of the game (DESIGN.md: build both in
+        # the strategy scope before fit, or their state is not mirrored/restored).
+        self.d_optimizer = keras.optimizers.Adam(config.learning_rate, config.beta_1,
+                                                 config.beta_2, name="d_adam")
+        self.g_optimizer = keras.optimizers.Adam(config.learning_rate, config.beta_1,
+                                                 config.beta_2, name="g_adam")
+        self._trackers = {name: keras.metrics.Mean(name=name)
+                          for name in ("d_loss", "g_loss", "noise_std")}
+        if self.tuple_set.reconstruction_pairs:
+            self._trackers["l2"] = keras.metrics.Mean(name="l2")
+        for c in range(self.tuple_set.num_classes):
+            self._trackers[f"p{c + 1}"] = keras.metrics.Mean(name=f"p{c + 1}")
+
+    # ------------------------------------------------------------------ building
+
+    def build(self, input_shape=None):
+        """Creates every weight and both optimizers' slots (call in strategy scope)."""
+        example_shape = tuple(self.network_config.example_shape)
+        x = tf.zeros((2, *example_shape))
+        z = tf.zeros((2, self.network_config.latent_dim))
+        self.encoder(x)
+        self.generator(z)
+        self.discriminator([x if k == tuples.IMAGE else z for k in self.tuple_set.slot_kinds],
+                           training=True)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.g_optimizer.build(self.generator_encoder_variables)
+        self.built = True
+
+    @property
+    def generator_encoder_variables(self) -> List[tf.Variable]:
+        return self.encoder.trainable_variables + self.generator.trainable_variables
+
+    @property
+    def step(self) -> tf.Variable:
+        """Generator-encoder steps taken: the run's step count (checkpointed)."""
+        return self.g_optimizer.iterations
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    # ------------------------------------------------------------ chain and noise
+
+    def encode_sample(self, x, noise: StepNoise | None = None, training: bool = False):
+        """E(x): z = mu + exp(log_sigma) * eps, or mu when noise is None or E is deterministic."""
+        mu, log_sigma = self.encoder(x, training=training)
+        if noise is None or log_sigma is None:
+            return mu
+        return mu + tf.exp(log_sigma) * noise.normal(mu.shape)
+
+    def _operators(self, noise: StepNoise, training: bool) -> Dict[str, tuples.Operator]:
+        return {
+            "E": lambda ev, node: self.encode_sample(ev.value(node.arg), noise, training),
+            "G": lambda ev, node: self.generator(ev.value(node.arg), training=training),
+        }
+
+    def chain_values(self, x, noise: StepNoise, training: bool = True) -> Dict[str, tf.Tensor]:
+        """Every node of the tuple set (and its L2 terms), each computed once."""
+        z = noise.normal([x.shape[0], self.network_config.latent_dim])
+        evaluator = tuples.ChainEvaluator(self._operators(noise, training), {"x": x, "z": z})
+        for node in self.tuple_set.required_nodes():
+            evaluator.value(node)
+        return evaluator.memo
+
+    def _noise_std(self) -> tf.Tensor:
+        epoch_start = (tf.cast(self.step, tf.float32) // self.steps_per_epoch) * self.steps_per_epoch
+        return instance_noise_std(self.config, epoch_start / self.total_steps)
+
+    def _discriminator_inputs(self, values, noise: StepNoise, std) -> Dict[str, tf.Tensor]:
+        """Slot nodes with instance noise on images (once per distinct image node)."""
+        inputs = {}
+        for node in self.tuple_set.slot_nodes():
+            value = values[node.name]
+            if node.kind == tuples.IMAGE and self.config.instance_noise > 0:
+                value = value + std * noise.normal(value.shape, value.dtype)
+            inputs[node.name] = value
+        return inputs
+
+    # ------------------------------------------------------------------ training
+
+    def _discriminator_step(self, values, noise: StepNoise, std):
+        """One Adam step on D's n-way cross-entropy (GALI eq. 3)."""
+        values = {name: tf.stop_gradient(v) for name, v in values.items()}
+        d_vars = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tuples.tuple_logits(self.discriminator, self.tuple_set,
+                                         self._discriminator_inputs(values, noise, std))
+            per_example = objectives.discriminator_loss(logits)
+            loss = objectives.reduce_loss(per_example, self.global_batch_size)
+        self.d_optimizer.apply_gradients(zip(tape.gradient(loss, d_vars), d_vars))
+        return per_example, logits
+
+    def _generator_step(self, tape: tf.GradientTape, values, noise: StepNoise, std):
+        """One Adam step on E and G against the updated D (fresh forward pass)."""
+        with tape:
+            logits = tuples.tuple_logits(self.discriminator, self.tuple_set,
+                                         self._discriminator_inputs(values, noise, std))
+            per_example = objectives.generator_loss(self.config.generator_loss, logits)
+            l2 = tf.zeros_like(per_example)
+            for target, reconstruction in self.tuple_set.reconstruction_pairs:
+                l2 += objectives.l2_reconstruction_loss(values[target.name],
+                                                        values[reconstruction.name])
+            total = per_example + self.config.l2_weight * l2
+            loss = objectives.reduce_loss(total, self.global_batch_size)
+        ge_vars = self.generator_encoder_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(loss, ge_vars), ge_vars))
+        return per_example, l2
+
+    def train_step(self, data):
+        # data: [batch, n_dis, ...] when n_dis > 1 (one real batch per D step), else [batch, ...].
+        n_dis = self.config.n_dis
+        batches = [data[:, k] for k in range(n_dis)] if n_dis > 1 else [data]
+        noise = StepNoise(self.config.seed, self.step)
+        std = self._noise_std()
+        for x in batches[:-1]:
+            d_loss, d_logits = self._discriminator_step(
+                self.chain_values(x, noise), noise, std)
+        # The last D step and the E/G step share one computation of the chain:
+        # D trains on it (gradients stopped), then E/G take gradients through it.
+        tape = tf.GradientTape()
+        with tape:
+            values = self.chain_values(batches[-1], noise)
+        d_loss, d_logits = self._discriminator_step(values, noise, std)
+        g_loss, l2 = self._generator_step(tape, values, noise, std)
+
+        self._trackers["d_loss"].update_state(d_loss)
+        self._trackers["g_loss"].update_state(g_loss)
+        self._trackers["noise_std"].update_state(std)
+        if "l2" in self._trackers:
+            self._trackers["l2"].update_state(l2)
+        for c, p in enumerate(tf.unstack(objectives.own_class_probabilities(d_logits))):
+            self._trackers[f"p{c + 1}"].update_state(p)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    # ---------------------------------------------------------------- inference
+
+    def call(self, x, training=False):
+        """Reconstruction G(mu(E(x))) (the evaluation path: z = mu)."""
+        return self.reconstruct(x, training=training)
+
+    def reconstruct(self, x, training=False):
+        return self.generator(self.encode_sample(x, training=training), training=training)
+
+    def generate(self, z, training=False):
+        return self.generator(z, training=training)
+
+    def prior_sample(self, n: int, seed: int = 0) -> tf.Tensor:
+        return tf.random.stateless_normal([n, self.network_config.latent_dim], [seed, 0])
+
+
+def epochs_for(total_steps: int, steps_per_epoch: int) -> int:
+    return max(1, math.ceil(total_steps / steps_per_epoch))

@@ -1,0 +1,426 @@
+"""Encoder E, generator G and discriminator D for each architecture.
+
+Architectures (ALI paper appendix tables; the official GALI code for SVHN):
+
+- ``svhn32``   ALI Table 4, 32x32xC images (latent 256 in the papers).
+- ``celeba64`` ALI Table 5, 64x64xC images (latent 512 in the papers).
+- ``small``    a width-scalable conv net for HxW images with H, W divisible by 4
+               (the digits default and the tests).
+- ``mlp``      the 25-Gaussian toy of ALI section 4.5, vectors of shape (D,).
+
+E and G use conv (no bias) -> BatchNorm -> LeakyReLU hidden blocks; D uses spectral
+normalisation on every layer and no BatchNorm or dropout. Weights are initialised
+N(0, 0.01) and biases 0, as in the papers. BatchNorm uses momentum 0.9 and epsilon
+1e-5, PyTorch's defaults, which the official code runs with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+ARCHITECTURES = ("svhn32", "celeba64", "small", "mlp")
+SLOT_KINDS = ("image", "latent", "feature")
+
+_IMAGE_SIZES = {"svhn32": 32, "celeba64": 64}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    arch: str = "small"
+    # (H, W, C) for image architectures; (D,) for "mlp".
+    example_shape: tuple[int, ...] = (16, 16, 1)
+    latent_dim: int = 64
+    # Base width of the "small" conv set; every layer of it scales with this.
+    width: int = 32
+    # Hidden width of the "mlp" architecture.
+    mlp_hidden: int = 400
+    # LeakyReLU negative slope everywhere (official: 0.01 SVHN, 0.02 CelebA).
+    leaky_slope: float = 0.01
+    # False gives the deterministic BiGAN encoder (outputs mu only).
+    stochastic_encoder: bool = True
+    # Synchronised BatchNorm in E and G; set it under a multi-replica strategy, where
+    # per-replica statistics diverge.
+    synchronized_bn: bool = False
+    # > 0: D gets a D_y MLP trunk for feature vectors of this size (GALI-PT).
+    feature_dim: int = 0
+
+
+class ArchitectureError(ValueError):
+    """A network configuration that cannot be built; the message is one line naming a flag."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _kernel_init():
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def validate_config(cfg: NetworkConfig) -> None:
+    """Raises ArchitectureError if `cfg` cannot be built."""
+    if cfg.arch not in ARCHITECTURES:
+        raise ArchitectureError(
+            f"--arch={cfg.arch} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+    if int(cfg.latent_dim) < 1:
+        raise ArchitectureError(f"--latent_dim must be >= 1, got {cfg.latent_dim}")
+    if int(cfg.feature_dim) < 0:
+        raise ArchitectureError(f"--feature_dim must be >= 0, got {cfg.feature_dim}")
+    shape = tuple(int(s) for s in cfg.example_shape)
+    if any(s < 1 for s in shape):
+        raise ArchitectureError(
+            f"--arch={cfg.arch} got an example shape with a zero dimension: {shape}")
+    if cfg.arch == "mlp":
+        if len(shape) != 1:
+            raise ArchitectureError(
+                f"--arch=mlp needs vectors of shape (D,), got {_shape_str(shape)} examples "
+                "(use --arch=small, svhn32 or celeba64 for images)")
+        if int(cfg.mlp_hidden) < 1:
+            raise ArchitectureError(f"--mlp_hidden must be >= 1, got {cfg.mlp_hidden}")
+        return
+    if len(shape) != 3:
+        raise ArchitectureError(
+            f"--arch={cfg.arch} needs images of shape (H, W, C), got {_shape_str(shape)} "
+            "examples (use --arch=mlp for vectors)")
+    h, w, _ = shape
+    if cfg.arch in _IMAGE_SIZES:
+        size = _IMAGE_SIZES[cfg.arch]
+        if (h, w) != (size, size):
+            raise ArchitectureError(
+                f"--arch={cfg.arch} needs {size}x{size} images, got {_shape_str(shape)} "
+                f"(use --image_size={size} or --arch=small)")
+    else:  # small
+        if h % 4 or w % 4:
+            raise ArchitectureError(
+                f"--arch=small needs an image size divisible by 4, got {_shape_str(shape)} "
+                "(change --image_size)")
+        if int(cfg.width) < 1:
+            raise ArchitectureError(f"--width must be >= 1, got {cfg.width}")
+
+
+def _bn(cfg: NetworkConfig):
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, synchronized=cfg.synchronized_bn)
+
+
+def _lrelu(cfg: NetworkConfig):
+    return keras.layers.LeakyReLU(negative_slope=cfg.leaky_slope)
+
+
+def _conv(filters, kernel, stride=1, padding="valid", use_bias=False, transpose=False):
+    cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    return cls(filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
+               kernel_initializer=_kernel_init(), bias_initializer="zeros")
+
+
+def _dense(units, use_bias=False):
+    return keras.layers.Dense(units, use_bias=use_bias, kernel_initializer=_kernel_init(),
+                              bias_initializer="zeros")
+
+
+def _apply(layers, x, training):
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            x = layer(x, training=training)
+        else:
+            x = layer(x)
+    return x
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class Encoder(keras.Model):
+    """x -> (mu, log_sigma), each [B, latent_dim].
+
+    Deterministic-encoder output: `call` always returns a 2-tuple. When
+    `stochastic` is False it is `(mu, None)`. Keras accepts a None output in eager
+    calls, under tf.function and GradientTape, but NOT in `Model.predict` or when
+    called on a symbolic `keras.Input`; use `enc(x, training=False)[0]` in a hand-built
+    tf.function/tf.Module instead. A stochastic encoder works everywhere.
+
+    `features(x)` is ALI section 4.3's SVM representation:
+    concat(flatten of the last three hidden activations, flatten of the final
+    layer's raw output, i.e. mu and log_sigma before the split).
+    """
+
+    def __init__(self, cfg: NetworkConfig, hidden_blocks, output_layers, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.stochastic = bool(cfg.stochastic_encoder)
+        self.latent_dim = int(cfg.latent_dim)
+        # Each block ends with an activation whose output is a "hidden layer" for features.
+        self.hidden_blocks = [list(b) for b in hidden_blocks]
+        self.output_layers = list(output_layers)
+        self._flatten = keras.layers.Flatten()
+
+    def _forward(self, x, training):
+        hiddens = []
+        h = x
+        for block in self.hidden_blocks:
+            h = _apply(block, h, training)
+            hiddens.append(h)
+        out = self._flatten(_apply(self.output_layers, h, training))
+        return hiddens, out
+
+    def call(self, x, training=False):
+        _, out = self._forward(x, training)
+        if not self.stochastic:
+            return out, None
+        return out[:, : self.latent_dim], out[:, self.latent_dim:]
+
+    def features(self, x, training=False):
+        """[B, F] SVM features; F = sum of the last three hidden widths + output width."""
+        hiddens, out = self._forward(x, training)
+        parts = [self._flatten(h) for h in hiddens[-3:]] + [out]
+        return ops.concatenate(parts, axis=-1)
+
+    def feature_width(self) -> int:
+        """The documented width of `features`: last three hidden sizes + the output size."""
+        shape = (1,) + tuple(self.cfg.example_shape)
+        widths = []
+        for block in self.hidden_blocks:
+            for layer in block:
+                shape = layer.compute_output_shape(shape)
+            widths.append(int(np.prod(shape[1:])))
+        out_units = (2 if self.stochastic else 1) * self.latent_dim
+        return sum(widths[-3:]) + out_units
+
+
+def build_encoder(cfg: NetworkConfig) -> Encoder:
+    validate_config(cfg)
+    c = cfg
+    out_units = (2 if c.stochastic_encoder else 1) * c.latent_dim
+
+    def conv_block(filters, kernel, stride=1, padding="valid"):
+        return [_conv(filters, kernel, stride, padding), _bn(c), _lrelu(c)]
+
+    def dense_block(units, flatten=False):
+        pre = [keras.layers.Flatten()] if flatten else []
+        return pre + [_dense(units), _bn(c), _lrelu(c)]
+
+    if c.arch == "svhn32":
+        hidden = [conv_block(32, 5), conv_block(64, 4, 2), conv_block(128, 4),
+                  conv_block(256, 4, 2), conv_block(512, 4), conv_block(512, 1)]
+        output = [_conv(out_units, 1, use_bias=True)]
+    elif c.arch == "celeba64":
+        hidden = [conv_block(64, 2), conv_block(128, 7, 2), conv_block(256, 5, 2),
+                  conv_block(256, 7, 2), conv_block(512, 4)]
+        output = [_conv(out_units, 1, use_bias=True)]
+    elif c.arch == "small":
+        w = c.width
+        hidden = [conv_block(w, 3, 1, "same"), conv_block(2 * w, 4, 2, "same"),
+                  conv_block(4 * w, 4, 2, "same"), dense_block(8 * w, flatten=True)]
+        output = [_dense(out_units, use_bias=True)]
+    else:  # mlp
+        hidden = [dense_block(c.mlp_hidden), dense_block(c.mlp_hidden)]
+        output = [_dense(out_units, use_bias=True)]
+    enc = Encoder(cfg, hidden, output, name="encoder")
+    enc(ops.zeros((1,) + tuple(cfg.example_shape)), training=False)  # build
+    return enc
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class Generator(keras.Model):
+    """z [B, latent_dim] -> examples [B, *example_shape].
+
+    Image archs: tanh(h + output_bias), h the last (bias-free, linear) conv and
+    output_bias a per-pixel trainable bias of shape example_shape. "mlp": linear output.
+    """
+
+    def __init__(self, cfg: NetworkConfig, input_layers, body_layers, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.is_image = cfg.arch != "mlp"
+        self.input_layers = list(input_layers)
+        self.body_layers = list(body_layers)
+        if self.is_image:
+            self.output_bias = self.add_weight(
+                shape=tuple(int(s) for s in cfg.example_shape), initializer="zeros",
+                trainable=True, name="output_bias")
+        else:
+            self.output_bias = None
+
+    def call(self, z, training=False):
+        h = _apply(self.input_layers, z, training)
+        h = _apply(self.body_layers, h, training)
+        if not self.is_image:
+            return h
+        return ops.tanh(h + ops.cast(self.output_bias, h.dtype))
+
+    def set_output_bias_from_images(self, images) -> None:
+        """Log-odds init: b = 0.5 * logit(clip(mean_batch((x + 1) / 2), 1e-3, 1 - 1e-3)).
+
+        0.5 because tanh(b) = 2 sigmoid(2b) - 1, so tanh(b) is then the mean image in
+        [-1, 1]. `images` are in [-1, 1] with any batch size. A no-op for "mlp".
+        """
+        if not self.is_image:
+            return
+        images = ops.convert_to_tensor(images, dtype="float32")
+        p = ops.clip(ops.mean((images + 1.0) / 2.0, axis=0), 1e-3, 1.0 - 1e-3)
+        bias = 0.5 * ops.log(p / (1.0 - p))
+        self.output_bias.assign(ops.cast(bias, self.output_bias.dtype))
+
+
+def build_generator(cfg: NetworkConfig) -> Generator:
+    validate_config(cfg)
+    c = cfg
+
+    def convt_block(filters, kernel, stride=1, padding="valid"):
+        return [_conv(filters, kernel, stride, padding, transpose=True), _bn(c), _lrelu(c)]
+
+    def conv_block(filters, kernel, padding="valid"):
+        return [_conv(filters, kernel, 1, padding), _bn(c), _lrelu(c)]
+
+    def dense_block(units):
+        return [_dense(units), _bn(c), _lrelu(c)]
+
+    shape = tuple(int(s) for s in c.example_shape)
+    if c.arch == "svhn32":
+        ch = shape[-1]
+        inp = [keras.layers.Reshape((1, 1, c.latent_dim))]
+        body = (convt_block(256, 4) + convt_block(128, 4, 2) + convt_block(64, 4)
+                + convt_block(32, 4, 2) + convt_block(32, 5) + conv_block(32, 1)
+                + [_conv(ch, 1)])
+    elif c.arch == "celeba64":
+        ch = shape[-1]
+        inp = [keras.layers.Reshape((1, 1, c.latent_dim))]
+        body = (convt_block(512, 4) + convt_block(256, 7, 2) + convt_block(256, 5, 2)
+                + convt_block(128, 7, 2) + convt_block(64, 2) + [_conv(ch, 1)])
+    elif c.arch == "small":
+        h, w, ch = shape
+        width = c.width
+        inp = dense_block((h // 4) * (w // 4) * 4 * width) + [
+            keras.layers.Reshape((h // 4, w // 4, 4 * width))]
+        body = (convt_block(2 * width, 4, 2, "same") + convt_block(width, 4, 2, "same")
+                + [_conv(ch, 3, 1, "same")])
+    else:  # mlp
+        inp = []
+        body = []
+        for _ in range(4):
+            body += dense_block(c.mlp_hidden)
+        body.append(_dense(shape[0], use_bias=True))
+    gen = Generator(cfg, inp, body, name="generator")
+    out = gen(ops.zeros((1, c.latent_dim)), training=False)  # build
+    if tuple(out.shape[1:]) != shape:  # guards the tables' size arithmetic
+        raise ArchitectureError(
+            f"--arch={c.arch} generator produced {_shape_str(out.shape[1:])}, "
+            f"expected {_shape_str(shape)}")
+    return gen
+
+
+# --------------------------------------------------------------------------- discriminator
+
+
+def _sn(layer):
+    return keras.layers.SpectralNormalization(layer)
+
+
+class Discriminator(keras.Model):
+    """Tuples (one tensor per slot) -> [B, num_classes] logits.
+
+    `trunks[kind]` maps one slot's tensor to [B, width_kind] (kind in "image",
+    "latent", "feature"); `head` maps the slot-order concatenation of trunk outputs
+    to logits. Every Dense/Conv is spectrally normalised; Keras' SpectralNormalization
+    only updates when called with training=True, so `training` is passed to all of them.
+    """
+
+    def __init__(self, cfg: NetworkConfig, slot_kinds, num_classes, trunks, head, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.slot_kinds = tuple(slot_kinds)
+        self.num_classes = int(num_classes)
+        self.trunks = dict(trunks)
+        self.head = head
+        self.trunk_widths = {k: int(t.output_shape[-1]) for k, t in trunks.items()}
+        self.head_input_width = sum(self.trunk_widths[k] for k in self.slot_kinds)
+
+    def call(self, inputs, training=True):
+        inputs = list(inputs)
+        if len(inputs) != len(self.slot_kinds):
+            raise ValueError(
+                f"Discriminator expects {len(self.slot_kinds)} inputs {self.slot_kinds}, "
+                f"got {len(inputs)}")
+        feats = [self.trunks[k](t, training=training)
+                 for k, t in zip(self.slot_kinds, inputs)]
+        return self.head(ops.concatenate(feats, axis=-1), training=training)
+
+
+def build_discriminator(cfg: NetworkConfig, slot_kinds: Sequence[str],
+                        num_classes: int) -> Discriminator:
+    validate_config(cfg)
+    c = cfg
+    slot_kinds = tuple(slot_kinds)
+    if not slot_kinds:
+        raise ArchitectureError("the discriminator needs at least one slot")
+    for k in slot_kinds:
+        if k not in SLOT_KINDS:
+            raise ArchitectureError(f"unknown slot kind {k!r}; expected one of {SLOT_KINDS}")
+    if "feature" in slot_kinds and c.feature_dim < 1:
+        raise ArchitectureError("feature slots need --feature_dim > 0")
+    if int(num_classes) < 1:
+        raise ArchitectureError(f"the discriminator needs >= 1 classes, got {num_classes}")
+
+    def act():
+        return _lrelu(c)
+
+    def sn_conv(filters, kernel, stride=1, padding="valid"):
+        return [_sn(_conv(filters, kernel, stride, padding, use_bias=True)), act()]
+
+    def sn_dense(units):
+        return [_sn(_dense(units, use_bias=True)), act()]
+
+    def mlp(units_list, last=None):
+        layers = []
+        for u in units_list:
+            layers += sn_dense(u)
+        if last is not None:
+            layers.append(_sn(_dense(last, use_bias=True)))
+        return layers
+
+    if c.arch == "svhn32":
+        image = (sn_conv(32, 5) + sn_conv(64, 4, 2) + sn_conv(128, 4) + sn_conv(256, 4, 2)
+                 + sn_conv(512, 4))
+        latent, head, feat = [512, 512], [1024, 1024], [512, 512]
+    elif c.arch == "celeba64":
+        image = (sn_conv(64, 2) + sn_conv(128, 7, 2) + sn_conv(256, 5, 2)
+                 + sn_conv(256, 7, 2) + sn_conv(512, 4))
+        latent, head, feat = [1024, 1024], [2048, 2048], [512, 512]
+    elif c.arch == "small":
+        w = c.width
+        image = sn_conv(w, 3, 1, "same") + sn_conv(2 * w, 4, 2, "same") + sn_conv(
+            4 * w, 4, 2, "same")
+        latent, head, feat = [8 * w, 8 * w], [16 * w, 16 * w], [8 * w, 8 * w]
+    else:  # mlp
+        hdn = c.mlp_hidden
+        image = mlp([hdn, hdn])
+        latent, head, feat = [hdn, hdn], [hdn], [512, 512]
+    if c.arch != "mlp":
+        image = image + [keras.layers.Flatten()]
+
+    specs = {
+        "image": (tuple(c.example_shape), image),
+        "latent": ((c.latent_dim,), mlp(latent)),
+        "feature": ((c.feature_dim,), mlp(feat)),
+    }
+    trunks = {}
+    for kind in SLOT_KINDS:
+        if kind in slot_kinds:
+            shape, layers = specs[kind]
+            trunks[kind] = keras.Sequential(
+                [keras.Input(shape=shape)] + layers, name=f"d_{kind}")
+    width = sum(int(trunks[k].output_shape[-1]) for k in slot_kinds)
+    head_model = keras.Sequential(
+        [keras.Input(shape=(width,))] + mlp(head, last=int(num_classes)), name="d_head")
+    return Discriminator(cfg, slot_kinds, num_classes, trunks, head_model,
+                         name="discriminator")

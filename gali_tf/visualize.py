@@ -1,0 +1,43 @@
+"""Image grids for TensorBoard and PNG files (what people look at while training)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def to_unit_range(images: tf.Tensor) -> tf.Tensor:
+    """[-1, 1] model scale -> [0, 1] display and metric scale."""
+    return tf.clip_by_value((tf.cast(images, tf.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def image_grid(images: tf.Tensor, columns: int | None = None) -> tf.Tensor:
+    """Tiles [N, H, W, C] images in [-1, 1] into one [1, rows*H, columns*W, C] image in [0, 1]."""
+    images = to_unit_range(images)
+    n, h, w, c = images.shape
+    columns = columns or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / columns))
+    pad = rows * columns - n
+    if pad:
+        images = tf.concat([images, tf.zeros([pad, h, w, c])], axis=0)
+    grid = tf.reshape(images, [rows, columns, h, w, c])
+    grid = tf.transpose(grid, [0, 2, 1, 3, 4])
+    return tf.reshape(grid, [1, rows * h, columns * w, c])
+
+
+def pairs_grid(originals: tf.Tensor, reconstructions: tf.Tensor, columns: int = 8) -> tf.Tensor:
+    """Original/reconstruction pairs side by side (ALI Fig. 2: odd columns are originals)."""
+    pairs = tf.stack([originals, tf.cast(reconstructions, originals.dtype)], axis=1)
+    return image_grid(tf.reshape(pairs, [-1, *originals.shape[1:]]), columns=2 * columns)
+
+
+def write_png(grid: tf.Tensor, path: str) -> None:
+    """Writes a [1, H, W, C] grid in [0, 1] as a PNG file."""
+    pixels = tf.cast(tf.round(grid[0] * 255.0), tf.uint8)
+    tf.io.write_file(path, tf.io.encode_png(pixels))
+
+
+def as_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round(to_unit_range(images).numpy() * 255).astype(np.uint8)

@@ -1,0 +1,247 @@
+"""Tests for gali_tf.data: shapes, ranges, splits, determinism and input errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from gali_tf import data
+
+B = 4
+
+
+def _first(ds):
+    return tf.nest.map_structure(lambda t: t.numpy(), next(iter(ds)))
+
+
+def _assert_images(x, shape):
+    assert x.shape == shape
+    assert x.dtype == np.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+
+
+def _assert_one_line_error(excinfo, *needles):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_info_and_shapes():
+    cfg = data.DataConfig(dataset="digits")
+    info = data.dataset_info(cfg)
+    assert info == data.DatasetInfo("digits", (16, 16, 1), 1500, 297, 10, True)
+    assert data.steps_per_epoch(info, 64, group=2) == 1500 // 128
+    x = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True))
+    _assert_images(x, (B, 16, 16, 1))
+    assert x.max() > 0.5 and x.min() == -1.0  # the [-1, 1] range is actually used
+
+
+@pytest.mark.parametrize("split,size", [("train", 1500), ("test", 297)])
+def test_digits_split_sizes(split, size):
+    ds = data.make_dataset(
+        data.DataConfig(), split, 100, shuffle=False, repeat=False, drop_remainder=False
+    )
+    assert sum(int(x.shape[0]) for x in ds) == size
+
+
+def test_digits_same_seed_same_stream():
+    cfg = data.DataConfig()
+
+    def batches(seed):
+        ds = data.make_dataset(cfg, "train", B, shuffle=True, repeat=True, seed=seed)
+        return np.stack([x.numpy() for x in ds.take(3)])
+
+    np.testing.assert_array_equal(batches(7), batches(7))
+    assert not np.array_equal(batches(7), batches(8))
+
+
+def test_digits_group_labels_and_options():
+    cfg = data.DataConfig(image_size=8, channels=3)
+    x = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True, group=2))
+    _assert_images(x, (B, 2, 8, 8, 3))
+    x, y = _first(
+        data.make_dataset(data.DataConfig(), "test", 32, shuffle=False, repeat=False,
+                          with_labels=True)
+    )
+    _assert_images(x, (32, 16, 16, 1))
+    assert y.dtype == np.int32 and y.shape == (32,)
+    assert y.min() >= 0 and y.max() <= 9
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds_metadata_dir(tmp_path_factory):
+    """A data_dir holding only TFDS metadata (what a prepared dataset has, minus records).
+
+    mock_data(policy=USE_FILES) reads builders' info from here and fakes the records, so
+    the library's real `is_prepared()` check is exercised, not bypassed.
+    """
+    root = tmp_path_factory.mktemp("tfds")
+    for name in data._TFDS:  # pylint: disable=protected-access
+        builder = tfds.builder(name, data_dir=str(root))
+        template = tfds.core.ShardedFileTemplate(
+            data_dir=builder.data_path, dataset_name=name, split="train",
+            filetype_suffix="tfrecord",
+        )
+        builder.info.set_splits(tfds.core.SplitDict([
+            tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
+                                filename_template=template.replace(split=split))
+            for split, n in (("train", 20), ("test", 8))
+        ]))
+        builder.data_path.mkdir(parents=True, exist_ok=True)
+        builder.info.write_to_directory(builder.data_path)
+    return str(root)
+
+
+def _mock_tfds(metadata_dir):
+    return tfds.testing.mock_data(
+        num_examples=6, data_dir=metadata_dir, policy=tfds.testing.MockPolicy.USE_FILES
+    )
+
+
+@pytest.mark.parametrize("name", ["svhn_cropped", "cifar10"])
+def test_tfds_classes(name, tfds_metadata_dir):
+    cfg = data.DataConfig(dataset=name, data_dir="/ignored/by/mock")
+    with _mock_tfds(tfds_metadata_dir):
+        info = data.dataset_info(cfg)
+        assert info == data.DatasetInfo(name, (32, 32, 3), 20, 8, 10, True)
+        x, y = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True,
+                                        with_labels=True))
+        _assert_images(x, (B, 32, 32, 3))
+        assert y.dtype == np.int32 and y.shape == (B,)
+        assert y.min() >= 0 and y.max() <= 9
+        small = data.DataConfig(dataset=name, image_size=16, channels=1)
+        x = _first(data.make_dataset(small, "test", B, shuffle=False, repeat=False,
+                                     group=1))
+        _assert_images(x, (B, 16, 16, 1))
+
+
+def test_tfds_celeb_a(tfds_metadata_dir):
+    cfg = data.DataConfig(dataset="celeb_a")
+    with _mock_tfds(tfds_metadata_dir):
+        info = data.dataset_info(cfg)
+        assert info.example_shape == (64, 64, 3) and info.num_classes == 40
+        x, y = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True,
+                                        group=2, with_labels=True))
+        _assert_images(x, (B, 2, 64, 64, 3))
+        assert y.shape == (B, 2, 40) and y.dtype == np.float32
+        assert set(np.unique(y)) <= {0.0, 1.0}
+    assert len(data.CELEBA_ATTRIBUTES) == 40
+    assert list(data.CELEBA_ATTRIBUTES) == sorted(data.CELEBA_ATTRIBUTES)
+
+
+def test_tfds_unprepared_raises(tmp_path):
+    cfg = data.DataConfig(dataset="svhn_cropped", data_dir=str(tmp_path))
+    with pytest.raises(data.DataError) as excinfo:
+        data.dataset_info(cfg)
+    _assert_one_line_error(excinfo, "--data_dir", str(tmp_path), "svhn_cropped")
+    with pytest.raises(data.DataError):
+        data.make_dataset(cfg, "train", B, shuffle=False, repeat=False)
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    rng = np.random.RandomState(0)
+    for i in range(12):
+        height, width = 20 + 3 * i, 40 - 2 * i
+        if i % 3 == 0:
+            image = Image.fromarray(rng.randint(0, 256, (height, width), np.uint8), "L")
+        else:
+            image = Image.fromarray(rng.randint(0, 256, (height, width, 3), np.uint8))
+        sub = tmp_path / ("nested" if i % 2 else "")
+        sub.mkdir(exist_ok=True)
+        ext = (".png", ".jpg", ".JPEG", ".PNG")[i % 4]
+        image.save(sub / f"img{i:02d}{ext}", format="PNG" if "png" in ext.lower() else "JPEG")
+    (tmp_path / "notes.txt").write_text("not an image, ignored")
+    return tmp_path
+
+
+def test_folder_shapes_and_splits(image_dir):
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8)
+    info = data.dataset_info(cfg)
+    assert info == data.DatasetInfo("folder", (8, 8, 3), 11, 1, 0, True)
+    ds = data.make_dataset(cfg, "train", 5, shuffle=True, repeat=False)
+    batches = [x.numpy() for x in ds]
+    assert len(batches) == 2
+    for x in batches:
+        _assert_images(x, (5, 8, 8, 3))
+    x = _first(data.make_dataset(cfg, "test", 1, shuffle=False, repeat=False))
+    _assert_images(x, (1, 8, 8, 3))
+    gray = data.DataConfig(dataset="folder", image_dir=str(image_dir), channels=1)
+    x = _first(data.make_dataset(gray, "train", B, shuffle=False, repeat=True, group=3))
+    _assert_images(x, (B, 3, 64, 64, 1))
+
+
+def test_folder_errors(tmp_path, image_dir):
+    missing = tmp_path / "missing"
+    with pytest.raises(data.DataError) as excinfo:
+        data.dataset_info(data.DataConfig(dataset="folder", image_dir=str(missing)))
+    _assert_one_line_error(excinfo, "--image_dir", "no such directory")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataError) as excinfo:
+        data.dataset_info(data.DataConfig(dataset="folder", image_dir=str(empty)))
+    _assert_one_line_error(excinfo, "--image_dir", "no .jpg/.jpeg/.png")
+
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir))
+    with pytest.raises(data.DataError) as excinfo:
+        data.make_dataset(cfg, "train", B, shuffle=False, repeat=False, with_labels=True)
+    _assert_one_line_error(excinfo, "--dataset=folder")
+
+    (image_dir / "nested" / "garbage.png").write_bytes(b"this is not a png\n")
+    with pytest.raises(data.DataError) as excinfo:
+        data.make_dataset(cfg, "train", B, shuffle=False, repeat=False)
+    _assert_one_line_error(excinfo, "--image_dir", "garbage.png", "not a JPEG or PNG")
+
+
+# ------------------------------------------------------------------------------ toy25
+
+
+def test_toy25():
+    cfg = data.DataConfig(dataset="toy25")
+    info = data.dataset_info(cfg)
+    assert info == data.DatasetInfo("toy25", (2,), 100_000, 10_000, 25, False)
+    assert data.TOY25_MEANS.shape == (25, 2)
+    ds = data.make_dataset(cfg, "test", 2000, shuffle=True, repeat=False, with_labels=True)
+    x, y = _first(ds)
+    assert x.shape == (2000, 2) and x.dtype == np.float32
+    assert y.dtype == np.int32 and y.min() >= 0 and y.max() <= 24
+    for label in np.unique(y):
+        mean = x[y == label].mean(axis=0)
+        np.testing.assert_allclose(mean, data.TOY25_MEANS[label], atol=5 * data.TOY25_STD)
+    assert len(np.unique(y)) == 25
+    grouped = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True, group=2))
+    assert grouped.shape == (B, 2, 2)
+
+
+# ------------------------------------------------------------------------ config errors
+
+
+@pytest.mark.parametrize("cfg,flag", [
+    (data.DataConfig(dataset="foo"), "--dataset=foo"),
+    (data.DataConfig(image_size=6), "--image_size=6"),
+    (data.DataConfig(image_size=0), "--image_size=0"),
+    (data.DataConfig(channels=2), "--channels=2"),
+])
+def test_config_errors(cfg, flag):
+    with pytest.raises(data.DataError) as excinfo:
+        data.dataset_info(cfg)
+    _assert_one_line_error(excinfo, flag)
+    assert isinstance(excinfo.value, ValueError)
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(data.DataError, match="expected one of digits, svhn_cropped"):
+        data.make_dataset(data.DataConfig(dataset="foo"), "train", B, shuffle=False,
+                          repeat=False)

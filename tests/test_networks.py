@@ -1,0 +1,187 @@
+"""Shape, init and spectral-norm checks for gali_tf.networks."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from gali_tf import networks as nets
+from gali_tf.networks import ArchitectureError, NetworkConfig
+
+SMALL = NetworkConfig(arch="small", example_shape=(16, 16, 1), latent_dim=8, width=4)
+MLP = NetworkConfig(arch="mlp", example_shape=(2,), latent_dim=2, mlp_hidden=16)
+SVHN = NetworkConfig(arch="svhn32", example_shape=(32, 32, 3), latent_dim=256)
+CELEBA = NetworkConfig(arch="celeba64", example_shape=(64, 64, 3), latent_dim=512,
+                       leaky_slope=0.02)
+CONFIGS = {"small": SMALL, "mlp": MLP, "svhn32": SVHN, "celeba64": CELEBA}
+
+
+def _images(cfg, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (batch,) + tuple(cfg.example_shape)).astype("float32")
+
+
+def _expected_feature_width(cfg):
+    """The documented formula: last three hidden layers of E + its raw output."""
+    out = 2 * cfg.latent_dim if cfg.stochastic_encoder else cfg.latent_dim
+    if cfg.arch == "svhn32":  # conv4 s2 256 (4x4), conv4 s1 512 (1x1), 1x1 conv 512
+        return 4 * 4 * 256 + 512 + 512 + out
+    if cfg.arch == "celeba64":  # conv5 s2 256 (13x13), conv7 s2 256 (4x4), conv4 512
+        return 13 * 13 * 256 + 4 * 4 * 256 + 512 + out
+    if cfg.arch == "small":
+        h, w, _ = cfg.example_shape
+        k = cfg.width
+        return (h // 2) * (w // 2) * 2 * k + (h // 4) * (w // 4) * 4 * k + 8 * k + out
+    return 2 * cfg.mlp_hidden + out  # mlp has only two hidden layers
+
+
+@pytest.mark.parametrize("arch", ["small", "mlp", "svhn32", "celeba64"])
+def test_shapes(arch):
+    cfg = CONFIGS[arch]
+    enc, gen = nets.build_encoder(cfg), nets.build_generator(cfg)
+    disc = nets.build_discriminator(cfg, ("image", "latent"), num_classes=4)
+    x = _images(cfg)
+    mu, log_sigma = enc(x, training=True)
+    assert tuple(mu.shape) == (2, cfg.latent_dim)
+    assert tuple(log_sigma.shape) == (2, cfg.latent_dim)
+    feats = enc.features(x)
+    assert tuple(feats.shape) == (2, _expected_feature_width(cfg))
+    assert enc.feature_width() == _expected_feature_width(cfg)
+    x_gen = gen(mu, training=True)
+    assert tuple(x_gen.shape) == (2,) + tuple(cfg.example_shape)
+    if arch != "mlp":
+        assert np.all(np.abs(x_gen.numpy()) <= 1.0)
+    logits = disc([x, mu], training=True)
+    assert tuple(logits.shape) == (2, 4)
+
+
+def test_generator_output_bounded_under_large_weights():
+    gen = nets.build_generator(SMALL)
+    for v in gen.trainable_weights:
+        v.assign(v * 1000.0)
+    out = gen(np.random.default_rng(1).normal(size=(4, SMALL.latent_dim)).astype("float32"))
+    assert np.all(np.abs(out.numpy()) <= 1.0)
+
+
+@pytest.mark.parametrize("arch", ["small", "svhn32"])
+def test_output_bias_log_odds_init(arch):
+    cfg = CONFIGS[arch]
+    gen = nets.build_generator(cfg)
+    rng = np.random.default_rng(2)
+    # Per-pixel means well inside (-1, 1) so the clip does not bite.
+    images = np.clip(rng.uniform(-0.8, 0.8, (1,) + tuple(cfg.example_shape))
+                     + rng.normal(0, 0.05, (8,) + tuple(cfg.example_shape)), -1, 1)
+    gen.set_output_bias_from_images(images.astype("float32"))
+    last_conv = gen.body_layers[-1]
+    last_conv.kernel.assign(np.zeros(last_conv.kernel.shape, "float32"))
+    out = gen(np.zeros((2, cfg.latent_dim), "float32"), training=False).numpy()
+    np.testing.assert_allclose(out[0], images.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(out[1], images.mean(axis=0), atol=1e-4)
+
+
+def test_output_bias_noop_for_mlp():
+    gen = nets.build_generator(MLP)
+    before = [w.numpy().copy() for w in gen.weights]
+    gen.set_output_bias_from_images(np.ones((4, 2), "float32"))
+    for b, w in zip(before, gen.weights):
+        np.testing.assert_array_equal(b, w.numpy())
+
+
+@pytest.mark.parametrize("arch", ["small", "mlp"])
+def test_deterministic_encoder(arch):
+    cfg = NetworkConfig(**{**CONFIGS[arch].__dict__, "stochastic_encoder": False})
+    enc = nets.build_encoder(cfg)
+    assert enc.stochastic is False
+    x = _images(cfg, batch=3)
+    enc(x, training=True)  # moves BN statistics; inference must still be repeatable
+    mu1, ls1 = enc(x, training=False)
+    mu2, ls2 = enc(x, training=False)
+    assert ls1 is None and ls2 is None
+    assert tuple(mu1.shape) == (3, cfg.latent_dim)
+    np.testing.assert_array_equal(mu1.numpy(), mu2.numpy())
+    # Under tf.function too (the train step is traced).
+    mu3, ls3 = tf.function(lambda t: enc(t, training=False))(x)
+    assert ls3 is None
+    np.testing.assert_allclose(mu3.numpy(), mu1.numpy(), rtol=1e-5, atol=1e-6)
+    assert tuple(enc.features(x).shape) == (3, _expected_feature_width(cfg))
+
+
+def _all_layers(model):
+    out = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        out.append(layer)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["small", "mlp"])
+def test_discriminator_spectral_norm(arch):
+    cfg = NetworkConfig(**{**CONFIGS[arch].__dict__, "feature_dim": 5})
+    kinds = ("image", "latent", "feature")
+    disc = nets.build_discriminator(cfg, kinds, num_classes=3)
+    layers = _all_layers(disc)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in layers)
+    assert not any(isinstance(l, keras.layers.Dropout) for l in layers)
+    sn = [l for l in layers if isinstance(l, keras.layers.SpectralNormalization)]
+    wrapped = {id(l.layer) for l in sn}
+    kernels = [l for l in layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))]
+    assert kernels and all(id(l) in wrapped for l in kernels)
+    assert set(disc.trunks) == set(kinds)
+
+    rng = np.random.default_rng(3)
+    inputs = [_images(cfg, batch=4), rng.normal(size=(4, cfg.latent_dim)).astype("float32"),
+              rng.normal(size=(4, 5)).astype("float32")]
+    for _ in range(30):
+        disc(inputs, training=True)
+    for l in sn:
+        k = l.layer.kernel.numpy()
+        top = np.linalg.svd(k.reshape(-1, k.shape[-1]), compute_uv=False)[0]
+        assert abs(top - 1.0) < 0.1, (l.name, top)
+
+
+def test_discriminator_direct_parts():
+    disc = nets.build_discriminator(SMALL, ("image", "latent"), num_classes=2)
+    x = _images(SMALL, batch=2)
+    z = np.zeros((2, SMALL.latent_dim), "float32")
+    hx = disc.trunks["image"](x, training=True)
+    hz = disc.trunks["latent"](z, training=True)
+    logits = disc.head(tf.concat([hx, hz], axis=-1), training=True)
+    assert tuple(logits.shape) == (2, 2)
+    assert disc.head_input_width == hx.shape[-1] + hz.shape[-1]
+
+
+def test_head_width_doubles_for_gali8():
+    d2 = nets.build_discriminator(SMALL, ("image", "latent"), num_classes=2)
+    d8 = nets.build_discriminator(SMALL, ("image", "latent", "image", "latent"), 8)
+    assert d8.head_input_width == 2 * d2.head_input_width
+    assert d8.head.input_shape[-1] == 2 * d2.head.input_shape[-1]
+    x = _images(SMALL, batch=2)
+    z = np.zeros((2, SMALL.latent_dim), "float32")
+    assert tuple(d8([x, z, x, z]).shape) == (2, 8)
+
+
+@pytest.mark.parametrize(
+    "cfg, needle",
+    [
+        (NetworkConfig(arch="svhn32", example_shape=(16, 16, 1), latent_dim=8),
+         "--image_size"),
+        (NetworkConfig(arch="celeba64", example_shape=(32, 32, 3)), "--image_size"),
+        (NetworkConfig(arch="small", example_shape=(18, 18, 1)), "--image_size"),
+        (NetworkConfig(arch="small", example_shape=(2,)), "--arch"),
+        (NetworkConfig(arch="mlp", example_shape=(8, 8, 1)), "--arch"),
+        (NetworkConfig(arch="resnet"), "--arch"),
+        (NetworkConfig(arch="small", latent_dim=0), "--latent_dim"),
+    ],
+)
+def test_architecture_errors(cfg, needle):
+    for build in (nets.build_encoder, nets.build_generator,
+                  lambda c: nets.build_discriminator(c, ("image", "latent"), 2)):
+        with pytest.raises(ArchitectureError) as info:
+            build(cfg)
+        msg = str(info.value)
+        assert needle in msg and "\n" not in msg
+
+
+def test_svhn32_error_message():
+    cfg = NetworkConfig(arch="svhn32", example_shape=(16, 16, 1))
+    with pytest.raises(ArchitectureError, match=r"--arch=svhn32 needs 32x32 images, got 16x16x1"):
+        nets.build_encoder(cfg)

@@ -1,0 +1,127 @@
+r"""Trains ALI, ALICE or a GALI variant.
+
+    python -m trainers.main                                  # GALI-4 on the bundled digits
+    python -m trainers.main --flagfile=configs/svhn_gali4.flags --data_dir=~/tensorflow_datasets
+
+Re-running the same command resumes from the last checkpoint in --model_dir.
+The run's effective flags are written to MODEL_DIR/flags.txt, itself a flagfile.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from gali_tf import data, networks, tuples
+from gali_tf.model import ConfigError, ModelConfig
+from gali_tf import training
+
+# -- data
+flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10", "celeb_a",
+                                        "folder", "toy25"], "Training data.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
+flags.DEFINE_string("image_dir", None, "Directory of JPEG/PNG images for --dataset=folder.")
+flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own).")
+flags.DEFINE_integer("channels", None, "Image channels, 1 or 3 (default: the dataset's own).")
+# -- networks
+flags.DEFINE_enum("arch", "small", list(networks.ARCHITECTURES),
+                  "Network set: svhn32 (ALI Table 4), celeba64 (ALI Table 5), small "
+                  "(width-scalable conv set), mlp (the 25-Gaussian toy).")
+flags.DEFINE_integer("latent_dim", 64, "Size of z.")
+flags.DEFINE_integer("width", 32, "Base width of the small conv set.")
+flags.DEFINE_integer("mlp_hidden", 400, "Hidden units of the mlp set.")
+flags.DEFINE_float("leaky_slope", 0.01, "LeakyReLU slope (official: 0.01 SVHN, 0.02 CelebA).")
+flags.DEFINE_bool("stochastic_encoder", True, "ALI's stochastic E; false = BiGAN's deterministic E.")
+# -- the game
+flags.DEFINE_string("tuples", "gali4",
+                    f"Tuple set: one of {', '.join(tuples.TUPLE_SETS)}, or classes written as "
+                    "'x, E(x); G(z), z' (';' between classes, 'l2: a, b' for an L2 term).")
+flags.DEFINE_enum("generator_loss", "product_of_terms",
+                  ["product_of_terms", "minimax", "misclassification"],
+                  "Generator-encoder objective (GALI eq. 4 by default).")
+flags.DEFINE_float("l2_weight", 1.0, "Weight of the tuple set's l2 terms (ALICE lambda).")
+flags.DEFINE_integer("n_dis", 1, "Discriminator steps per generator-encoder step.")
+flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate of both sides.")
+flags.DEFINE_float("beta_1", 0.5, "Adam beta_1.")
+flags.DEFINE_float("beta_2", 0.999, "Adam beta_2.")
+flags.DEFINE_float("instance_noise", 0.1, "Initial std of the noise on images D sees.")
+flags.DEFINE_enum("noise_schedule", "linear", ["linear", "exponential", "constant"],
+                  "Decay of the instance noise over training.")
+flags.DEFINE_integer("seed", 0, "Seed of the latent, encoder and instance noise.")
+# -- the run
+flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>_<tuples>).")
+flags.DEFINE_integer("batch_size", 100, "Global batch size.")
+flags.DEFINE_integer("epochs", 30, "Total epochs (ignored when --steps > 0).")
+flags.DEFINE_integer("steps", 0, "Total generator-encoder steps; > 0 overrides --epochs.")
+flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
+                  "tf.distribute strategy; auto picks mirrored when there is more than one GPU.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "XLA compilation of the train step (auto: on for a single device).")
+flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
+flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar summaries.")
+flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
+flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> training.TrainConfig:
+    """The flags as the library's config dataclasses (the library never reads flags)."""
+    tuple_name = FLAGS.tuples if FLAGS.tuples in tuples.TUPLE_SETS else "custom"
+    return training.TrainConfig(
+        model_dir=FLAGS.model_dir or f"runs/{FLAGS.dataset}_{tuple_name}",
+        data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                             image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
+                             channels=FLAGS.channels),
+        network=networks.NetworkConfig(
+            arch=FLAGS.arch, latent_dim=FLAGS.latent_dim, width=FLAGS.width,
+            mlp_hidden=FLAGS.mlp_hidden, leaky_slope=FLAGS.leaky_slope,
+            stochastic_encoder=FLAGS.stochastic_encoder),
+        model=ModelConfig(
+            tuples=FLAGS.tuples, generator_loss=FLAGS.generator_loss,
+            l2_weight=FLAGS.l2_weight, n_dis=FLAGS.n_dis, learning_rate=FLAGS.learning_rate,
+            beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, instance_noise=FLAGS.instance_noise,
+            noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed),
+        batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
+        strategy=FLAGS.strategy,
+        jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],
+        steps_per_execution=FLAGS.steps_per_execution, log_every=FLAGS.log_every,
+        image_every=FLAGS.image_every, checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, verbose=FLAGS.verbose)
+
+
+def flags_as_flagfile(model_dir: str) -> str:
+    """This module's flags, every one written out, as a runnable flagfile."""
+    lines = []
+    for flag in FLAGS.get_flags_for_module(sys.modules[__name__]):
+        if flag.name == "model_dir":
+            lines.append(f"--model_dir={model_dir}")
+        elif flag.value is not None:
+            lines.append(flag.serialize())
+    return "\n".join(lines) + "\n"
+
+
+INPUT_ERRORS = (ConfigError, data.DataError, networks.ArchitectureError, tuples.TupleError)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = config_from_flags()
+        training.train(config, flags_text=flags_as_flagfile(config.model_dir))
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    """Console-script entry point (gali-train)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
