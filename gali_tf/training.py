@@ -207,8 +207,6 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
         mse = reconstruction.pixel_mse(model.reconstruct, test_ds)
         with writer.as_default(step=int(model.step.numpy())):
             tf.summary.scalar("test/pixel_mse", mse.mean)
-        if config.verbose:
-            print(f"test pixel MSE (images in [0, 1], G(mu(E(x)))): {mse}")
     writer.flush()
     return TrainResult(int(model.step.numpy()), history, mse)
 

@@ -112,10 +112,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_from_flags()
-        training.train(config, flags_text=flags_as_flagfile(config.model_dir))
+        result = training.train(config, flags_text=flags_as_flagfile(config.model_dir))
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    print(f"{config.model_dir}: step {result.step}")
+    if result.test_pixel_mse is not None:
+        print(f"test pixel MSE (images in [0, 1], G(mu(E(x)))): {result.test_pixel_mse}")
 
 
 def run():

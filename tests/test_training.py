@@ -1,0 +1,116 @@
+"""The training engine and trainer: resume, flagfiles, summaries, bad input."""
+
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from gali_tf import data, networks, training
+from gali_tf.model import ConfigError, ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50",
+              "--jit_compile=false", "--verbose=0", "--log_every=1", "--image_every=2", "--checkpoint_every=2"]
+
+
+def tiny_config(model_dir, steps=3, **model_options):
+    return training.TrainConfig(
+        model_dir=str(model_dir), data=data.DataConfig(dataset="digits", image_size=8),
+        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
+        model=ModelConfig(**model_options), batch_size=50, steps=steps, verbose=0,
+        jit_compile=False,
+        log_every=1, image_every=2, checkpoint_every=2)
+
+
+def test_resume_continues_the_step_count(tmp_path):
+    first = training.train(tiny_config(tmp_path, steps=3))
+    assert first.step == 3 and first.test_pixel_mse is not None
+    assert os.path.basename(tf.train.latest_checkpoint(tmp_path / "checkpoints")) == "ckpt-3"
+    again = training.train(tiny_config(tmp_path, steps=3))   # already done: no more steps
+    assert again.step == 3
+    resumed = training.train(tiny_config(tmp_path, steps=5))
+    assert resumed.step == 5
+    assert os.path.basename(tf.train.latest_checkpoint(tmp_path / "checkpoints")) == "ckpt-5"
+
+
+def _tags(model_dir):
+    tags = set()
+    for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_trainer_from_flagfile_writes_flags_events_and_checkpoints(tmp_path):
+    model_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "trainers.main", "--flagfile=configs/digits_gali4.flags",
+               f"--model_dir={model_dir}", "--steps=2", *TINY_FLAGS]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test pixel MSE" in done.stdout
+    flags_text = (model_dir / "flags.txt").read_text()
+    assert "--tuples=gali4" in flags_text and "--steps=2" in flags_text
+    assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("ckpt-2")
+    tags = _tags(model_dir)
+    assert {"train/d_loss", "train/g_loss", "train/p1", "train/p4", "samples",
+            "reconstructions", "test/pixel_mse"} <= tags
+    # flags.txt is itself a flagfile: running it again with more steps resumes.
+    again = subprocess.run([sys.executable, "-m", "trainers.main", f"--flagfile={model_dir}/flags.txt",
+                            "--steps=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("ckpt-3")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--tuples=gali5"], "--tuples='gali5': unknown tuple set"),
+    (["--tuples=x, E(x); G(z"], "--tuples entry"),
+    (["--dataset=folder", "--image_dir=/nonexistent/images"], "--image_dir=/nonexistent/images"),
+    (["--dataset=svhn_cropped", "--data_dir={tmp}/tfds", "--image_size=32"], "not prepared"),
+    (["--arch=svhn32"], "--arch=svhn32 needs 32x32 images"),
+])
+def test_trainer_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
+    model_dir = tmp_path / "run"
+    args = [a.format(tmp=tmp_path) for a in args]
+    done = subprocess.run([sys.executable, "-m", "trainers.main", f"--model_dir={model_dir}",
+                           *TINY_FLAGS, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
+    assert not model_dir.exists()
+
+
+def test_other_architecture_in_model_dir_is_refused_before_writing(tmp_path):
+    training.train(tiny_config(tmp_path, steps=1))
+    flags_before = (tmp_path / "run.json").read_text()
+    wider = dataclasses.replace(tiny_config(tmp_path, steps=2),
+                                network=networks.NetworkConfig(arch="small", latent_dim=3, width=8))
+    with pytest.raises(ConfigError, match="width=4 .now 8."):
+        training.train(wider)
+    # Without the run record, restoring the checkpoint itself catches the mismatch.
+    os.remove(tmp_path / "run.json")
+    with pytest.raises(ConfigError, match="does not match this model's architecture"):
+        training.train(wider)
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-1")
+    assert flags_before  # the first run's record was a complete file
+
+
+def test_model_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        training.train(tiny_config(path))
+
+
+def test_toy_mixture_trains_with_the_mlp_set(tmp_path):
+    config = training.TrainConfig(
+        model_dir=str(tmp_path), data=data.DataConfig(dataset="toy25"),
+        network=networks.NetworkConfig(arch="mlp", latent_dim=2, mlp_hidden=16),
+        model=ModelConfig(tuples="ali", instance_noise=0.0), batch_size=20, steps=2, verbose=0,
+        jit_compile=False)
+    result = training.train(config)
+    assert result.step == 2 and result.test_pixel_mse is None
