@@ -89,6 +89,57 @@ def load_run_record(model_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
+def network_config_from_record(record: dict) -> networks.NetworkConfig:
+    fields = {f.name for f in dataclasses.fields(networks.NetworkConfig)}
+    values = {k: v for k, v in record.items() if k in fields}
+    values["example_shape"] = tuple(values["example_shape"])
+    return networks.NetworkConfig(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """E and G of a run, restored from one checkpoint (for export and evaluation)."""
+
+    encoder: networks.Encoder
+    generator: networks.Generator
+    record: dict
+    checkpoint: str
+    step: int
+
+
+def restore_networks(model_dir: str, checkpoint: Optional[str] = None) -> RestoredRun:
+    """Rebuilds E and G from `model_dir/run.json` and restores them from a checkpoint.
+
+    `checkpoint` is a path prefix such as RUN/checkpoints/ckpt-450; None means the
+    latest. D and the optimizers are not built.
+    """
+    record = load_run_record(model_dir)
+    if record is None:
+        raise ConfigError(f"--model_dir={model_dir}: no {RUN_RECORD} (expected a run "
+                          "directory written by trainers.main)")
+    network_config = dataclasses.replace(network_config_from_record(record),
+                                         synchronized_bn=False)
+    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if not path:
+        raise ConfigError(f"--model_dir={model_dir}: no checkpoint in "
+                          f"{os.path.join(model_dir, CHECKPOINT_DIR)}")
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ConfigError(f"--checkpoint={path}: no such checkpoint (expected a prefix "
+                          "like RUN/checkpoints/ckpt-1000)")
+    encoder = networks.build_encoder(network_config)
+    generator = networks.build_generator(network_config)
+    status = tf.train.Checkpoint(encoder=encoder, generator=generator).restore(path)
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError) as error:
+        first_line = str(error).strip().splitlines()[0][:200]
+        raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
+                          f"not match the networks in {RUN_RECORD} ({first_line})") from None
+    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
+    return RestoredRun(encoder, generator, record, path, step)
+
+
 def check_resumable(model_dir: str, record: dict) -> None:
     """Refuses a model_dir whose run used another architecture or tuple set."""
     previous = load_run_record(model_dir)
