@@ -65,23 +65,54 @@ def test_trainer_from_flagfile_writes_flags_events_and_checkpoints(tmp_path):
     assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("ckpt-3")
 
 
-@pytest.mark.parametrize("args, expected", [
+BAD_INPUT = [
     (["--tuples=gali5"], "--tuples='gali5': unknown tuple set"),
     (["--tuples=x, E(x); G(z"], "--tuples entry"),
     (["--dataset=folder", "--image_dir=/nonexistent/images"], "--image_dir=/nonexistent/images"),
     (["--dataset=svhn_cropped", "--data_dir={tmp}/tfds", "--image_size=32"], "not prepared"),
     (["--arch=svhn32"], "--arch=svhn32 needs 32x32 images"),
-])
-def test_trainer_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
+]
+
+
+@pytest.fixture
+def trainer_flags():
+    """Parses trainer flags in-process and restores absl's global state afterwards."""
+    from absl import flags
+    from trainers import main as trainer
+    saved = flags.FLAGS.flag_values_dict()
+
+    def parse(args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["trainers.main", *args])
+        return trainer
+    yield parse
+    flags.FLAGS.unparse_flags()
+    for name, value in saved.items():
+        setattr(flags.FLAGS, name, value)
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUT)
+def test_trainer_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, trainer_flags,
+                                                          args, expected):
     model_dir = tmp_path / "run"
     args = [a.format(tmp=tmp_path) for a in args]
-    done = subprocess.run([sys.executable, "-m", "trainers.main", f"--model_dir={model_dir}",
-                           *TINY_FLAGS, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and expected in errors[0], done.stderr[-2000:]
+    trainer = trainer_flags([f"--model_dir={model_dir}", *TINY_FLAGS, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.main(["trainers.main"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], stderr[-2000:]
     assert not model_dir.exists()
+
+
+def test_trainer_process_exits_2_with_one_error_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "trainers.main", f"--model_dir={tmp_path}/run",
+                           "--tuples=x, E(x); E(x), x"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --tuples=")
+    assert not (tmp_path / "run").exists()
 
 
 def test_other_architecture_in_model_dir_is_refused_before_writing(tmp_path):
