@@ -135,10 +135,28 @@ def _apply(layers, x, training):
     return x
 
 
+class _CheckpointedSublayers:
+    """Puts every Keras-tracked sublayer into tf.train.Checkpoint's object graph.
+
+    Keras 3 tracks layers held in lists and dicts (our blocks, D's trunks) for its
+    own `weights`, but TensorFlow's checkpoint graph does not see them: without this,
+    a checkpoint of E holds none of its kernels or BatchNorm statistics. Children
+    are keyed by position ("layer3"), which construction order fixes, not by the
+    process-global Keras layer names.
+    """
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        sublayers = self._flatten_layers(include_self=False, recursive=False)
+        for index, layer in enumerate(sublayers):
+            children.setdefault(f"layer{index}", layer)
+        return children
+
+
 # --------------------------------------------------------------------------- encoder
 
 
-class Encoder(keras.Model):
+class Encoder(_CheckpointedSublayers, keras.Model):
     """x -> (mu, log_sigma), each [B, latent_dim].
 
     Deterministic-encoder output: `call` always returns a 2-tuple. When
@@ -231,7 +249,7 @@ def build_encoder(cfg: NetworkConfig) -> Encoder:
 # --------------------------------------------------------------------------- generator
 
 
-class Generator(keras.Model):
+class Generator(_CheckpointedSublayers, keras.Model):
     """z [B, latent_dim] -> examples [B, *example_shape].
 
     Image archs: tanh(h + output_bias), h the last (bias-free, linear) conv and
@@ -326,7 +344,7 @@ def _sn(layer):
     return keras.layers.SpectralNormalization(layer)
 
 
-class Discriminator(keras.Model):
+class Discriminator(_CheckpointedSublayers, keras.Model):
     """Tuples (one tensor per slot) -> [B, num_classes] logits.
 
     `trunks[kind]` maps one slot's tensor to [B, width_kind] (kind in "image",

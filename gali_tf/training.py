@@ -128,9 +128,9 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None) -> Restor
                           "like RUN/checkpoints/ckpt-1000)")
     encoder = networks.build_encoder(network_config)
     generator = networks.build_generator(network_config)
-    status = tf.train.Checkpoint(encoder=encoder, generator=generator).restore(path)
-    status.expect_partial()
     try:
+        status = tf.train.Checkpoint(encoder=encoder, generator=generator).restore(path)
+        status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError) as error:
         first_line = str(error).strip().splitlines()[0][:200]
