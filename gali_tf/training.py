@@ -43,7 +43,7 @@ class TrainConfig:
     network: networks.NetworkConfig = networks.NetworkConfig()
     model: ModelConfig = ModelConfig()
     batch_size: int = 100
-    epochs: int = 30
+    epochs: int = 200
     steps: int = 0                   # total E/G steps; > 0 overrides epochs
     strategy: str = "auto"           # auto: mirrored when > 1 GPU, else default
     jit_compile: Optional[bool] = None   # None: XLA on a single device, off under a strategy

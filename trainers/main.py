@@ -29,7 +29,7 @@ flags.DEFINE_enum("arch", "small", list(networks.ARCHITECTURES),
                   "Network set: svhn32 (ALI Table 4), celeba64 (ALI Table 5), small "
                   "(width-scalable conv set), mlp (the 25-Gaussian toy).")
 flags.DEFINE_integer("latent_dim", 64, "Size of z.")
-flags.DEFINE_integer("width", 32, "Base width of the small conv set.")
+flags.DEFINE_integer("width", 16, "Base width of the small conv set.")
 flags.DEFINE_integer("mlp_hidden", 400, "Hidden units of the mlp set.")
 flags.DEFINE_float("leaky_slope", 0.01, "LeakyReLU slope (official: 0.01 SVHN, 0.02 CelebA).")
 flags.DEFINE_bool("stochastic_encoder", True, "ALI's stochastic E; false = BiGAN's deterministic E.")
@@ -52,7 +52,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent, encoder and instance noise.
 # -- the run
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>_<tuples>).")
 flags.DEFINE_integer("batch_size", 100, "Global batch size.")
-flags.DEFINE_integer("epochs", 30, "Total epochs (ignored when --steps > 0).")
+flags.DEFINE_integer("epochs", 200, "Total epochs (ignored when --steps > 0).")
 flags.DEFINE_integer("steps", 0, "Total generator-encoder steps; > 0 overrides --epochs.")
 flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
                   "tf.distribute strategy; auto picks mirrored when there is more than one GPU.")
