@@ -1,0 +1,1 @@
+"""SavedModel / TF Hub export of a trained run and its CLI (`python -m export.main`)."""

@@ -1,0 +1,285 @@
+"""Exports a run's E and G: the encoder as a reusable TF Hub SavedModel, G as a SavedModel.
+
+    export_run("runs/digits_gali4", "hub/digits_gali4")   # -> "hub/digits_gali4/<step>"
+
+writes, from the run's latest (or a given) checkpoint, the version directory
+
+    <step>/encoder/        reusable TF2 SavedModel (TF Hub format): __call__(images,
+                           training=False) -> ALI features; signatures encode,
+                           encode_uint8, serving_default
+    <step>/generator/      SavedModel with signatures generate(z), reconstruct(images)
+    <step>/metadata.json   variant, tuple set, shapes, value range, step, the run's flags
+
+Keras' `model.export()` writes an inference-only artifact that `hub.KerasLayer` cannot
+fine-tune, so the encoder is hand-built: a `tf.train.Checkpoint` (as in the TF Hub docs)
+holding the variables and tf.functions that close over the restored Keras networks.
+
+The version is written to a hidden temp directory next to it and renamed into place
+only when complete, so `<step>/` is either absent or a whole export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Optional
+
+import tensorflow as tf
+
+from gali_tf import training, tuples
+from gali_tf.model import ConfigError
+
+ENCODER_DIR = "encoder"
+GENERATOR_DIR = "generator"
+METADATA_FILE = "metadata.json"
+VALUE_RANGE = (-1.0, 1.0)
+FORMAT = "gali_tf-export-1"
+
+
+def _tf_variables(keras_variables):
+    """The tf.Variables behind Keras 3 variables: what tf_keras/hub.KerasLayer can train."""
+    out = []
+    for v in keras_variables:
+        value = getattr(v, "value", v)
+        if not isinstance(value, tf.Variable):
+            raise TypeError(f"variable {v.name} is not backed by a tf.Variable")
+        out.append(value)
+    return out
+
+
+def _checked(images, shape):
+    """Signature callers (TF Serving, C++) can bypass the input spec's shape check, and a
+    wrong channel count would fail deep inside a conv: fail on the input, naming shapes."""
+    return tf.ensure_shape(images, shape, name="check_input_shape")
+
+
+def _to_uint8(images):
+    """[-1, 1] float images -> uint8 [0, 255], rounded."""
+    return tf.cast(tf.round(tf.clip_by_value((images + 1.0) * 127.5, 0.0, 255.0)), tf.uint8)
+
+
+def _from_uint8(images, height: int, width: int):
+    """uint8 images of any size -> float32 [-1, 1] at height x width (bilinear), as
+    gali_tf.data prepares training images."""
+    images = tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear")
+    return tf.clip_by_value(images / 127.5 - 1.0, -1.0, 1.0)
+
+
+def _encoder_outputs(encoder, images, z_noise=None):
+    """The encode signature's outputs on the z = mu (inference) path."""
+    mu, log_sigma = encoder(images, training=False)
+    stdev = tf.exp(log_sigma) if log_sigma is not None else tf.zeros_like(mu)
+    noise = tf.random.normal(tf.shape(mu)) if z_noise is None else z_noise
+    return {
+        "z_mean": mu,
+        "z_stdev": stdev,
+        "z_sample": mu + stdev * noise,
+        "features": encoder.features(images, training=False),
+    }
+
+
+class EncoderModule(tf.train.Checkpoint):
+    """The reusable SavedModel of the encoder (TF Hub's reusable-SavedModel API).
+
+    The Keras encoder is held by plain closures, not as a tracked attribute: only the
+    variable lists and the tf.functions are saved.
+    """
+
+    def __init__(self, encoder, example_shape):
+        super().__init__()
+        self._features = encoder.features
+        self._outputs = lambda images: _encoder_outputs(encoder, images)
+        self.variables = _tf_variables(encoder.variables)
+        self.trainable_variables = _tf_variables(encoder.trainable_variables)
+        self.regularization_losses = []  # E has no weight regularisers
+        shape = tuple(int(s) for s in example_shape)
+        spec = tf.TensorSpec((None,) + shape, tf.float32, name="images")
+        # Keras layers need `training` as a Python bool: trace both values.
+        self.__call__.get_concrete_function(spec, training=False)
+        self.__call__.get_concrete_function(spec, training=True)
+
+        def encode(images):
+            return self._outputs(_checked(images, spec.shape))
+
+        self.encode = tf.function(encode, input_signature=[spec])
+
+        def serving_default(images):
+            return {"features": self._features(_checked(images, spec.shape), training=False)}
+
+        self.serving_default = tf.function(serving_default, input_signature=[spec])
+        if len(shape) == 3:
+            height, width, channels = shape
+
+            def encode_uint8(images):
+                images = _checked(images, (None, None, None, channels))
+                return self._outputs(_from_uint8(images, height, width))
+
+            self.encode_uint8 = tf.function(encode_uint8, input_signature=[
+                tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
+
+    @tf.function
+    def __call__(self, images, training=False):
+        return self._features(images, training=training)
+
+    def signatures(self) -> dict:
+        names = ["encode", "serving_default"] + (
+            ["encode_uint8"] if hasattr(self, "encode_uint8") else [])
+        return {name: getattr(self, name).get_concrete_function() for name in names}
+
+
+class GeneratorModule(tf.train.Checkpoint):
+    """G's SavedModel: generate(z) and reconstruct(images) = G(mu(E(x))), inference mode."""
+
+    def __init__(self, encoder, generator, example_shape, latent_dim: int):
+        super().__init__()
+        self.variables = _tf_variables(generator.variables) + _tf_variables(encoder.variables)
+        shape = tuple(int(s) for s in example_shape)
+        is_image = len(shape) == 3
+
+        def outputs(images):
+            out = {"images": images}
+            if is_image:
+                out["images_uint8"] = _to_uint8(images)
+            return out
+
+        def generate(z):
+            return outputs(generator(z, training=False))
+
+        def reconstruct(images):
+            mu, _ = encoder(_checked(images, (None,) + shape), training=False)
+            return outputs(generator(mu, training=False))
+
+        self.generate = tf.function(generate, input_signature=[
+            tf.TensorSpec((None, int(latent_dim)), tf.float32, name="z")])
+        self.reconstruct = tf.function(reconstruct, input_signature=[
+            tf.TensorSpec((None,) + shape, tf.float32, name="images")])
+
+    def signatures(self) -> dict:
+        return {"generate": self.generate.get_concrete_function(),
+                "reconstruct": self.reconstruct.get_concrete_function(),
+                "serving_default": self.generate.get_concrete_function()}
+
+
+def metadata(run: training.RestoredRun, flags_text: Optional[str]) -> dict:
+    """What metadata.json holds: enough to feed the modules without gali_tf."""
+    record = run.record
+    tuple_set = tuples.parse_tuple_set(record["tuples"])
+    shape = [int(s) for s in record["example_shape"]]
+    return {
+        "format": FORMAT,
+        "variant": tuple_set.name,
+        "tuples": tuple_set.spec,
+        "dataset": record.get("dataset"),
+        "arch": record.get("arch"),
+        "image_shape": shape,
+        "latent_dim": int(record["latent_dim"]),
+        "feature_dim": int(run.encoder.feature_width()),
+        "stochastic_encoder": bool(record.get("stochastic_encoder", True)),
+        "value_range": list(VALUE_RANGE),
+        "step": int(run.step),
+        "checkpoint": (run.checkpoint if "://" in run.checkpoint
+                       else os.path.abspath(run.checkpoint)),
+        "flags": flags_text.splitlines() if flags_text is not None else None,
+        "signatures": {
+            ENCODER_DIR: ["__call__", "encode", "serving_default"]
+                         + (["encode_uint8"] if len(shape) == 3 else []),
+            GENERATOR_DIR: ["generate", "reconstruct", "serving_default"],
+        },
+    }
+
+
+def write_metadata(path: str, values: dict) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(values, indent=2) + "\n")
+
+
+def _write_version(run: training.RestoredRun, directory: str, flags_text: Optional[str]) -> None:
+    """Writes the three parts of a version into `directory` (a fresh temp dir)."""
+    shape = run.record["example_shape"]
+    encoder_module = EncoderModule(run.encoder, shape)
+    tf.saved_model.save(encoder_module, os.path.join(directory, ENCODER_DIR),
+                        signatures=encoder_module.signatures())
+    generator_module = GeneratorModule(run.encoder, run.generator, shape,
+                                       run.record["latent_dim"])
+    tf.saved_model.save(generator_module, os.path.join(directory, GENERATOR_DIR),
+                        signatures=generator_module.signatures())
+    write_metadata(os.path.join(directory, METADATA_FILE), metadata(run, flags_text))
+
+
+def _check_export_dir(export_dir: str) -> None:
+    if not export_dir:
+        raise ConfigError("--export_dir is empty: expected a directory for the exports")
+    # A file anywhere on the path would make makedirs fail half-way with an OS error.
+    path = os.path.abspath(export_dir) if "://" not in export_dir else export_dir
+    while path and path not in ("/",) and not tf.io.gfile.exists(path):
+        path = os.path.dirname(path)
+    if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+        where = "is a file" if path == os.path.abspath(export_dir) else f"is under a file ({path})"
+        raise ConfigError(f"--export_dir={export_dir} {where}: expected a directory")
+
+
+def _restore(model_dir: str, checkpoint: Optional[str]) -> training.RestoredRun:
+    """restore_networks, with a shape mismatch (raised by Checkpoint.restore itself, before
+    restore_networks' own check) turned into the same one-line ConfigError."""
+    try:
+        return training.restore_networks(model_dir, checkpoint)
+    except ConfigError:
+        raise
+    except (ValueError, tf.errors.OpError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        raise ConfigError(f"--model_dir={model_dir}: checkpoint {checkpoint or '(latest)'} "
+                          f"does not match the networks in {training.RUN_RECORD} "
+                          f"({lines[-1][:200] if lines else type(error).__name__})") from None
+
+
+def export_run(model_dir: str, export_dir: str, checkpoint: Optional[str] = None,
+               overwrite: bool = False, flags_text: Optional[str] = None) -> str:
+    """Exports a run's checkpoint to `export_dir/<step>/` and returns that directory.
+
+    `checkpoint` is a prefix such as RUN/checkpoints/ckpt-450 (None: the latest);
+    `flags_text` defaults to RUN/flags.txt. Raises ConfigError (one line) for a bad
+    run, checkpoint or export_dir, or an existing version without `overwrite`; nothing
+    is written then.
+    """
+    _check_export_dir(export_dir)
+    run = _restore(model_dir, checkpoint)
+    if flags_text is None:
+        flags_path = os.path.join(model_dir, training.FLAGS_FILE)
+        if tf.io.gfile.exists(flags_path):
+            with tf.io.gfile.GFile(flags_path) as f:
+                flags_text = f.read()
+    return export_networks(run, export_dir, overwrite=overwrite, flags_text=flags_text)
+
+
+def export_networks(run: training.RestoredRun, export_dir: str, overwrite: bool = False,
+                    flags_text: Optional[str] = None) -> str:
+    """Exports restored networks to `export_dir/<run.step>/`, atomically; returns it."""
+    _check_export_dir(export_dir)
+    final = os.path.join(export_dir, str(run.step))
+    if tf.io.gfile.exists(final) and not overwrite:
+        raise ConfigError(f"--export_dir={export_dir}: version {run.step} already exists "
+                          f"({final}); pass --overwrite to replace it")
+    created_export_dir = not tf.io.gfile.exists(export_dir)
+    tf.io.gfile.makedirs(export_dir)
+    token = uuid.uuid4().hex[:8]
+    tmp = os.path.join(export_dir, f".tmp-{run.step}-{token}")
+    old = os.path.join(export_dir, f".old-{run.step}-{token}")
+    try:
+        _write_version(run, tmp, flags_text)
+        if tf.io.gfile.exists(final):
+            # Move the old version aside first: a rename onto a non-empty directory fails,
+            # and at every moment `final` is either the old or the new complete export.
+            tf.io.gfile.rename(final, old)
+        tf.io.gfile.rename(tmp, final)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        if tf.io.gfile.exists(old) and not tf.io.gfile.exists(final):
+            tf.io.gfile.rename(old, final)
+        if created_export_dir and not tf.io.gfile.listdir(export_dir):
+            tf.io.gfile.rmtree(export_dir)
+        raise
+    if tf.io.gfile.exists(old):
+        tf.io.gfile.rmtree(old)
+    return final

@@ -1,0 +1,294 @@
+"""Export: reload and compare every signature, hub.KerasLayer fine-tuning, TFSMLayer,
+atomic writes, overwrite, bad input, and a fresh process without gali_tf."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import exporter
+from gali_tf import data, networks, training
+from gali_tf.model import ConfigError, ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (8, 8, 1)
+LATENT = 3
+
+
+def tiny_config(model_dir):
+    return training.TrainConfig(
+        model_dir=str(model_dir), data=data.DataConfig(dataset="digits", image_size=8),
+        network=networks.NetworkConfig(arch="small", latent_dim=LATENT, width=4),
+        model=ModelConfig(), batch_size=50, steps=1, verbose=0, jit_compile=False,
+        image_every=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    training.train(tiny_config(model_dir), flags_text="--tuples=gali4\n--width=4\n")
+    assert os.path.exists(os.path.join(model_dir, "flags.txt"))
+    return str(model_dir)
+
+
+@pytest.fixture(scope="module")
+def restored(run_dir):
+    return training.restore_networks(run_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, restored, tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("hub")
+    with open(os.path.join(run_dir, "flags.txt")) as f:
+        return exporter.export_networks(restored, str(export_dir), flags_text=f.read())
+
+
+def _images(n=6, seed=0):
+    return np.random.RandomState(seed).uniform(-1, 1, (n,) + SHAPE).astype(np.float32)
+
+
+def _leftovers(export_dir):
+    return [name for name in os.listdir(export_dir) if name.startswith(".")]
+
+
+def test_export_layout_and_metadata(exported, run_dir):
+    assert os.path.basename(exported) == "1"
+    assert sorted(os.listdir(exported)) == ["encoder", "generator", "metadata.json"]
+    with open(os.path.join(exported, "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["variant"] == "gali4" and meta["tuples"].startswith("x, E(x); x, E(G(E(x)))")
+    assert meta["image_shape"] == list(SHAPE) and meta["latent_dim"] == LATENT
+    assert meta["value_range"] == [-1.0, 1.0] and meta["step"] == 1
+    assert meta["checkpoint"] == os.path.join(os.path.abspath(run_dir), "checkpoints", "ckpt-1")
+    assert meta["flags"] == ["--tuples=gali4", "--width=4"]
+    assert _leftovers(os.path.dirname(exported)) == []
+
+
+def test_every_signature_matches_the_in_process_model(exported, restored):
+    run = restored
+    x, z = _images(), np.random.RandomState(1).normal(size=(5, LATENT)).astype(np.float32)
+    mu, log_sigma = run.encoder(x, training=False)
+    features = run.encoder.features(x, training=False)
+    close = dict(rtol=1e-5, atol=1e-6)
+
+    encoder = tf.saved_model.load(os.path.join(exported, "encoder"))
+    assert set(encoder.signatures) == {"encode", "encode_uint8", "serving_default"}
+    out = encoder.signatures["encode"](images=tf.constant(x))
+    np.testing.assert_allclose(out["z_mean"], mu, **close)
+    np.testing.assert_allclose(out["z_stdev"], tf.exp(log_sigma), **close)
+    np.testing.assert_allclose(out["features"], features, **close)
+    assert out["z_sample"].shape == (6, LATENT) and np.isfinite(out["z_sample"]).all()
+    assert out["features"].shape == (6, run.encoder.feature_width())
+    np.testing.assert_allclose(encoder.signatures["serving_default"](images=tf.constant(x))
+                               ["features"], features, **close)
+    np.testing.assert_allclose(encoder(x), features, **close)
+    np.testing.assert_allclose(encoder(x, training=False), features, **close)
+
+    # uint8 of another size: resized bilinearly and scaled as the training data were.
+    pictures = np.random.RandomState(2).randint(0, 256, (3, 20, 13, 1)).astype(np.uint8)
+    scaled = tf.image.resize(pictures.astype(np.float32), SHAPE[:2]) / 127.5 - 1.0
+    out8 = encoder.signatures["encode_uint8"](images=tf.constant(pictures))
+    np.testing.assert_allclose(out8["z_mean"], run.encoder(scaled)[0], **close)
+    np.testing.assert_allclose(out8["features"], run.encoder.features(scaled), **close)
+
+    generator = tf.saved_model.load(os.path.join(exported, "generator"))
+    generated = generator.signatures["generate"](z=tf.constant(z))
+    np.testing.assert_allclose(generated["images"], run.generator(z, training=False), **close)
+    expected_uint8 = np.round((run.generator(z).numpy() + 1) * 127.5).astype(np.uint8)
+    assert generated["images_uint8"].dtype == tf.uint8
+    assert np.abs(generated["images_uint8"].numpy().astype(int) - expected_uint8).max() <= 1
+    recon = generator.signatures["reconstruct"](images=tf.constant(x))
+    np.testing.assert_allclose(recon["images"], run.generator(mu, training=False), **close)
+    assert recon["images_uint8"].shape == (6,) + SHAPE
+
+    # training=True (batch statistics) last: it updates BatchNorm's moving averages.
+    np.testing.assert_allclose(encoder(x, training=True),
+                               run.encoder.features(x, training=True), **close)
+
+
+def test_export_run_carries_the_checkpointed_weights(run_dir, tmp_path):
+    # Unrestored networks keep their random initial values, which differ per build.
+    x = _images()
+    first = exporter.export_run(run_dir, str(tmp_path / "a"))
+    second = exporter.export_run(run_dir, str(tmp_path / "b"))
+    features = [tf.saved_model.load(os.path.join(v, "encoder"))(x) for v in (first, second)]
+    np.testing.assert_allclose(features[0], features[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("signature, images", [
+    ("encode", np.zeros((2, 8, 8, 3), np.float32)),           # wrong channel count
+    ("encode", np.zeros((8, 8, 1), np.float32)),              # wrong rank
+    ("encode_uint8", np.zeros((2, 20, 20, 3), np.uint8)),
+    ("encode_uint8", np.zeros((20, 20, 1), np.uint8)),
+])
+def test_wrong_image_shape_is_a_clear_error(exported, signature, images):
+    encoder = tf.saved_model.load(os.path.join(exported, "encoder"))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)) as info:
+        encoder.signatures[signature](images=tf.constant(images))
+    assert "shape" in str(info.value).lower()
+    with pytest.raises((TypeError, ValueError)):
+        encoder(tf.constant(images, tf.float32))
+
+
+def test_hub_keras_layer_fine_tunes(exported):
+    import tensorflow_hub as hub  # pylint: disable=import-outside-toplevel
+    import tf_keras  # pylint: disable=import-outside-toplevel
+
+    images, labels = next(iter(data.make_dataset(
+        data.DataConfig(dataset="digits", image_size=8), "train", 32, shuffle=False,
+        repeat=False, with_labels=True)))
+    tf_keras.utils.set_random_seed(0)
+    layer = hub.KerasLayer(os.path.join(exported, "encoder"), trainable=True)
+    model = tf_keras.Sequential([tf_keras.Input(SHAPE), layer, tf_keras.layers.Dense(10)])
+    model.compile(tf_keras.optimizers.Adam(1e-2),
+                  tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert layer.trainable_weights and not layer.losses
+    before = [w.numpy().copy() for w in layer.trainable_weights]
+    history = model.fit(images, labels, batch_size=32, epochs=6, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+    assert max(np.abs(b - w.numpy()).max() for b, w in zip(before, layer.trainable_weights)) > 0
+
+
+def test_tfsm_layer_in_a_keras3_model(exported):
+    inputs = keras.Input(SHAPE)
+    features = keras.layers.TFSMLayer(os.path.join(exported, "encoder"),
+                                      call_endpoint="serving_default")(inputs)["features"]
+    model = keras.Model(inputs, keras.layers.Dense(10)(features))
+    assert model(_images(4)).shape == (4, 10)
+    z_mean = keras.layers.TFSMLayer(os.path.join(exported, "encoder"),
+                                    call_endpoint="encode")(inputs)["z_mean"]
+    assert keras.Model(inputs, z_mean)(_images(4)).shape == (4, LATENT)
+
+
+@pytest.mark.parametrize("failing", ["metadata", "generator"])
+def test_interrupted_export_leaves_nothing(run_dir, tmp_path, monkeypatch, failing):
+    export_dir = tmp_path / "hub"
+    if failing == "metadata":
+        def fail(*args, **kwargs):
+            raise RuntimeError("disk full")
+        monkeypatch.setattr(exporter, "write_metadata", fail)
+    else:
+        save = tf.saved_model.save
+
+        def fail_on_generator(obj, path, **kwargs):
+            if os.path.basename(path) == exporter.GENERATOR_DIR:
+                raise RuntimeError("disk full")
+            return save(obj, path, **kwargs)
+        monkeypatch.setattr(tf.saved_model, "save", fail_on_generator)
+    with pytest.raises(RuntimeError, match="disk full"):
+        exporter.export_run(run_dir, str(export_dir))
+    assert not export_dir.exists()  # created by this export, so removed with it
+
+    # In an existing export_dir holding an older version: that version survives intact.
+    export_dir.mkdir()
+    (export_dir / "1").mkdir()
+    (export_dir / "1" / "marker").write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        exporter.export_run(run_dir, str(export_dir), overwrite=True)
+    assert os.listdir(export_dir) == ["1"]
+    assert (export_dir / "1" / "marker").read_text() == "old"
+
+
+def test_existing_version_needs_overwrite(run_dir, tmp_path):
+    export_dir = tmp_path / "hub"
+    version = exporter.export_run(run_dir, str(export_dir))
+    marker = os.path.join(version, "marker")
+    with open(marker, "w") as f:
+        f.write("first export")
+    with pytest.raises(ConfigError, match="version 1 already exists.*--overwrite"):
+        exporter.export_run(run_dir, str(export_dir))
+    assert open(marker).read() == "first export"
+    assert exporter.export_run(run_dir, str(export_dir), overwrite=True) == version
+    assert not os.path.exists(marker)
+    assert sorted(os.listdir(version)) == ["encoder", "generator", "metadata.json"]
+    assert _leftovers(export_dir) == []
+
+
+def test_bad_runs_are_refused_before_writing(run_dir, tmp_path):
+    export_dir = tmp_path / "hub"
+    with pytest.raises(ConfigError, match="no run.json"):
+        exporter.export_run(str(tmp_path / "nothing"), str(export_dir))
+    no_checkpoints = tmp_path / "no_checkpoints"
+    no_checkpoints.mkdir()
+    shutil.copy(os.path.join(run_dir, "run.json"), no_checkpoints)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        exporter.export_run(str(no_checkpoints), str(export_dir))
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        exporter.export_run(run_dir, str(export_dir), checkpoint=f"{run_dir}/checkpoints/ckpt-7")
+    # A checkpoint from other flags (run.json says 16x16 images, the weights are for 8x8;
+    # a width change goes unnoticed until restore_networks sees the layer weights).
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    record = json.loads((other / "run.json").read_text())
+    (other / "run.json").write_text(json.dumps({**record, "example_shape": [16, 16, 1]}))
+    with pytest.raises(ConfigError, match="does not match"):
+        exporter.export_run(str(other), str(export_dir))
+    assert not export_dir.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        exporter.export_run(run_dir, str(a_file))
+    with pytest.raises(ConfigError, match="is under a file"):
+        exporter.export_run(run_dir, str(a_file / "hub"))
+    assert a_file.read_text() == "x"
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "export.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exports_and_reports_bad_input_in_one_line(run_dir, tmp_path):
+    export_dir = tmp_path / "hub"
+    done = _cli(f"--model_dir={run_dir}", f"--export_dir={export_dir}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{export_dir}/1" in done.stdout and (export_dir / "1" / "encoder").is_dir()
+    again = _cli(f"--model_dir={run_dir}", f"--export_dir={export_dir}",
+                 f"--checkpoint={run_dir}/checkpoints/ckpt-1")
+    assert again.returncode == 2
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "already exists" in errors[0], again.stderr[-2000:]
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    import tf_keras
+    import keras
+
+    path = sys.argv[1]
+    module = hub.load(path)
+    x = np.random.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+    encoded = module.signatures["encode"](images=tf.constant(x))
+    uint8 = module.signatures["encode_uint8"](
+        images=tf.constant(np.full((2, 30, 40, 1), 128, np.uint8)))
+    assert encoded["z_mean"].shape == (2, 3) and uint8["features"].shape[0] == 2
+    features = module(x)
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), hub.KerasLayer(path),
+                                 tf_keras.layers.Dense(10)])
+    assert model(x).shape == (2, 10)
+    inputs = keras.Input((8, 8, 1))
+    out = keras.layers.TFSMLayer(path, call_endpoint="serving_default")(inputs)["features"]
+    np.testing.assert_allclose(keras.Model(inputs, out)(x), features, rtol=1e-5, atol=1e-6)
+    assert not [name for name in sys.modules if name.startswith("gali_tf")]
+    print("fresh process ok", features.shape)
+""")
+
+
+def test_export_loads_in_a_fresh_process_without_gali_tf(exported, tmp_path):
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(script), os.path.join(exported, "encoder")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fresh process ok" in done.stdout
