@@ -14,7 +14,7 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
-from gali_tf import networks, objectives, tuples
+from gali_tf import masks, networks, objectives, tuples
 
 NOISE_SCHEDULES = ("linear", "exponential", "constant")
 
@@ -38,6 +38,7 @@ class ModelConfig:
     instance_noise: float = 0.1           # initial std of the noise on every image D sees
     noise_schedule: str = "linear"        # linear | exponential | constant
     seed: int = 0
+    mask_fill: float = -1.0               # value of maskK's hole (-1 = black), GALI-mix
 
 
 class ConfigError(ValueError):
@@ -59,10 +60,21 @@ def check_model_config(config: ModelConfig) -> tuples.TupleSet:
         raise ConfigError(f"--learning_rate={config.learning_rate}: expected > 0")
     if config.instance_noise < 0:
         raise ConfigError(f"--instance_noise={config.instance_noise}: expected >= 0")
-    unsupported = tuple_set.operator_families() - {"E", "G"}
+    if not -1.0 <= config.mask_fill <= 1.0:
+        raise ConfigError(f"--mask_fill={config.mask_fill}: expected a value in [-1, 1]")
+    unsupported = tuple_set.operator_families() - {"E", "G", "mask", "mix"}
     if unsupported:
         raise ConfigError(f"--tuples={config.tuples!r}: operators {sorted(unsupported)} need "
-                          "masks or a pretrained model M, which this model is not given")
+                          "a pretrained model M, which this model is not given")
+    # A masked image is only an encoder input (GALI-mix): shown to D or compared by
+    # an l2 term, its flat hole would make its class trivially separable.
+    nodes = tuple_set.required_nodes()
+    exposed = set(tuple_set.slot_nodes()) | {n for p in tuple_set.reconstruction_pairs for n in p}
+    exposed |= {n.arg for n in nodes if n.arg is not None and n.op != "E"}
+    for node in nodes:
+        if node.family == "mask" and node in exposed:
+            raise ConfigError(f"--tuples={config.tuples!r}: {node.name} may only appear as an "
+                              f"encoder input, as in E({node.name})")
     return tuple_set
 
 
@@ -88,7 +100,10 @@ class StepNoise:
     (run seed, step, draw index) and sliced to this replica's share. Replicas
     therefore get different noise, a run on R devices draws the same numbers as a
     run on one device with the same global batch, a resumed run draws what the
-    uninterrupted run would have drawn, and it all compiles under XLA.
+    uninterrupted run would have drawn, and it all compiles under XLA. (XLA and
+    non-XLA stateless kernels give different numbers for one seed, so these
+    equalities hold between runs with the same --jit_compile; under a strategy
+    XLA is off.)
     """
 
     def __init__(self, seed: int, step: tf.Tensor):
@@ -100,11 +115,18 @@ class StepNoise:
 
     def normal(self, shape, dtype=tf.float32) -> tf.Tensor:
         """N(0, 1) noise of this replica's static `shape` ([local_batch, ...])."""
+        return self._draw(tf.random.stateless_normal, shape, dtype)
+
+    def uniform(self, shape, dtype=tf.float32) -> tf.Tensor:
+        """U[0, 1) numbers of this replica's static `shape` ([local_batch, ...])."""
+        return self._draw(tf.random.stateless_uniform, shape, dtype)
+
+    def _draw(self, sampler, shape, dtype) -> tf.Tensor:
         self._draws += 1
         shape = [int(d) for d in shape]
         local = shape[0]
         seed = tf.stack([self._seed, tf.constant(self._draws, tf.int64)])
-        full = tf.random.stateless_normal([local * self._replicas, *shape[1:]], seed, dtype=dtype)
+        full = sampler([local * self._replicas, *shape[1:]], seed, dtype=dtype)
         return full[self._replica * local:(self._replica + 1) * local] if self._replicas > 1 else full
 
 
@@ -175,9 +197,28 @@ class GALIModel(keras.Model):
         return mu + tf.exp(log_sigma) * noise.normal(mu.shape)
 
     def _operators(self, noise: StepNoise, training: bool) -> Dict[str, tuples.Operator]:
+        def mask_sample(ev, index, like):
+            # One mask per index per chain evaluation, whatever image it is applied to.
+            key = f"mask{index}"
+            if key not in ev.memo:
+                ev.memo[key] = masks.sample_masks(noise, like.shape)
+            return ev.memo[key]
+
+        def mask(ev, node):
+            image = ev.value(node.arg)
+            return masks.apply_mask(image, mask_sample(ev, node.index, image),
+                                    self.config.mask_fill)
+
+        def mix(ev, node):
+            # mixK(a): a outside mask K's hole, G(E(maskK(a))) inside (shared node).
+            filler = ev.value(f"G(E(mask{node.index}({node.arg.name})))")
+            return masks.mix(ev.value(node.arg), ev.memo[f"mask{node.index}"], filler)
+
         return {
             "E": lambda ev, node: self.encode_sample(ev.value(node.arg), noise, training),
             "G": lambda ev, node: self.generator(ev.value(node.arg), training=training),
+            "mask": mask,
+            "mix": mix,
         }
 
     def chain_values(self, x, noise: StepNoise, training: bool = True) -> Dict[str, tf.Tensor]:

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from gali_tf import data as data_lib
 from gali_tf import networks
-from gali_tf.evaluation import reconstruction
+from gali_tf.evaluation import inpainting, reconstruction
 from gali_tf.model import ConfigError, GALIModel, ModelConfig, check_model_config
 from gali_tf import visualize
 
@@ -78,6 +78,7 @@ def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> d
         "tuples": config.model.tuples,
         "dataset": config.data.dataset,
         "generator_loss": config.model.generator_loss,
+        "mask_fill": config.model.mask_fill,
     }
 
 
@@ -321,7 +322,8 @@ class CheckpointEvery(keras.callbacks.Callback):
 
 
 class ImageSummaries(keras.callbacks.Callback):
-    """Samples G(z) for a fixed z and reconstruction pairs of a fixed batch."""
+    """Samples G(z) for a fixed z and reconstruction pairs of a fixed batch; with a
+    masked tuple set also (original, masked input, inpainted) triplets."""
 
     def __init__(self, writer, every: int, dataset: tf.data.Dataset, count: int = 32):
         super().__init__()
@@ -344,3 +346,10 @@ class ImageSummaries(keras.callbacks.Callback):
             tf.summary.image("samples", visualize.image_grid(samples), step=step)
             tf.summary.image("reconstructions",
                              visualize.pairs_grid(self.images, recon, columns=8), step=step)
+            if "mask" in model.tuple_set.operator_families():
+                # Fixed evaluation masks, so the grids of successive steps compare.
+                mask = inpainting.eval_masks(self.images.shape, 0)
+                masked, inpainted = inpainting.inpaint(model.reconstruct, self.images, mask,
+                                                       model.config.mask_fill)
+                tf.summary.image("inpainting", inpainting.triplet_grid(
+                    self.images, masked, inpainted, columns=4), step=step)

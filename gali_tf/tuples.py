@@ -60,6 +60,23 @@ TUPLE_SETS: Dict[str, str] = {
         "G(E(G(z))), z, G(z), E(G(z));"
         "G(E(G(z))), E(G(z)), G(z), z"
     ),
+    # GALI-mix (GALI, "Self-Supervised Feedback using Mixed Images"): every encoder
+    # input is masked with a fresh mask; mix1(x) fills the hole of x from G(E(mask1(x))).
+    "gali_mix": (
+        "x, E(mask1(x));"
+        "G(z), z;"
+        "x, E(mask2(G(E(mask1(x)))));"
+        "G(E(mask3(G(z)))), z;"
+        "mix1(x), E(mask1(x));"
+        "mix1(x), E(mask2(G(E(mask1(x)))));"
+        "x, E(mask4(mix1(x)));"
+        "G(E(mask1(x))), E(mask4(mix1(x)))"
+    ),
+    # The masked-input baselines of GALI Table 5.
+    "ali_mask": "x, E(mask1(x)); G(z), z",
+    "alice_mask": "x, E(mask1(x)); G(z), z; l2: x, G(E(mask1(x)))",
+    "gali4_mask": ("x, E(mask1(x)); x, E(mask2(G(E(mask1(x))))); G(z), z; "
+                   "G(E(mask3(G(z)))), z"),
 }
 
 

@@ -49,6 +49,9 @@ flags.DEFINE_float("instance_noise", 0.1, "Initial std of the noise on images D 
 flags.DEFINE_enum("noise_schedule", "linear", ["linear", "exponential", "constant"],
                   "Decay of the instance noise over training.")
 flags.DEFINE_integer("seed", 0, "Seed of the latent, encoder and instance noise.")
+flags.DEFINE_float("mask_fill", -1.0,
+                   "Value in [-1, 1] of the hole of maskK(...) encoder inputs (-1 = black); "
+                   "trainers.inpaint uses the run's value.")
 # -- the run
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>_<tuples>).")
 flags.DEFINE_integer("batch_size", 100, "Global batch size.")
@@ -84,7 +87,7 @@ def config_from_flags() -> training.TrainConfig:
             tuples=FLAGS.tuples, generator_loss=FLAGS.generator_loss,
             l2_weight=FLAGS.l2_weight, n_dis=FLAGS.n_dis, learning_rate=FLAGS.learning_rate,
             beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, instance_noise=FLAGS.instance_noise,
-            noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed),
+            noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed, mask_fill=FLAGS.mask_fill),
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
         strategy=FLAGS.strategy,
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],

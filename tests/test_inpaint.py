@@ -1,0 +1,134 @@
+"""Inpainting metrics and the trainers.inpaint tool (grids, bad input)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gali_tf import data, masks, networks, training
+from gali_tf.evaluation import inpainting
+from gali_tf.model import ConfigError, ModelConfig
+from trainers import inpaint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (2, 6, 6, 3)
+
+
+def _batches(n=3):
+    return [tf.random.stateless_uniform(SHAPE, [i, 0], -1, 1) for i in range(n)]
+
+
+def test_metric_is_zero_for_a_perfect_inpainter():
+    batch = _batches(1)[0]
+    batches = [batch] * 3              # the inpainter knows the image behind the hole
+
+    def perfect(masked):
+        return batch
+
+    result = inpainting.evaluate(perfect, tf.data.Dataset.from_tensor_slices(batches), fill=-1.0,
+                                 feature_fn=lambda im: tf.reshape(im, [im.shape[0], -1]))
+    assert result.pixel_mse.mean == 0 and result.pixel_mse.std == 0
+    assert result.feature_mse.mean == 0 and result.pixel_mse.num_batches == 3
+
+
+def test_metric_of_a_constant_inpainter_matches_the_hand_computation():
+    batches = _batches()
+    result = inpainting.evaluate(lambda masked: tf.zeros_like(masked),   # grey, 0.5 in [0, 1]
+                                 tf.data.Dataset.from_tensor_slices(batches), fill=-1.0, seed=4)
+    sums, counts, per_batch = 0.0, 0.0, []
+    for i, x in enumerate(batches):
+        hole = inpainting.eval_masks(SHAPE, i, seed=4).numpy()       # [2, 6, 6, 1]
+        squared = (((x.numpy() + 1) / 2 - 0.5) ** 2) * hole
+        sums += squared.sum()
+        counts += hole.sum() * 3
+        per_batch.append(squared.sum() / (hole.sum() * 3))
+    np.testing.assert_allclose(result.pixel_mse.mean, sums / counts, rtol=1e-5)
+    np.testing.assert_allclose(result.pixel_mse.std, np.std(per_batch), rtol=1e-4)
+    # The same seed gives the same masks: comparable between models.
+    again = inpainting.evaluate(lambda m: tf.zeros_like(m),
+                                tf.data.Dataset.from_tensor_slices(batches), fill=-1.0, seed=4)
+    assert again.pixel_mse.mean == result.pixel_mse.mean
+
+
+def test_triplet_grid_layout():
+    x = tf.zeros([4, 6, 5, 1]) - 1.0
+    grid = inpainting.triplet_grid(x, x * 0, x * 0 + 1, columns=2)
+    assert grid.shape == (1, 2 * 6, 6 * 5, 1)
+    np.testing.assert_array_equal(grid[0, :, :5].numpy(), 0.0)     # originals: black
+    np.testing.assert_array_equal(grid[0, :, 10:15].numpy(), 1.0)  # inpainted: white
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    training.train(training.TrainConfig(
+        model_dir=str(model_dir), data=data.DataConfig(dataset="digits", image_size=8),
+        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
+        model=ModelConfig(tuples="gali_mix", mask_fill=0.0), batch_size=50, steps=1,
+        verbose=0, jit_compile=False, image_every=1, checkpoint_every=1))
+    return model_dir
+
+
+def test_training_writes_inpainting_summaries(run_dir):
+    tags = set()
+    for path in tf.io.gfile.glob(os.path.join(run_dir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    assert "inpainting" in tags
+
+
+def test_tool_on_dataset_images_writes_grid_and_metrics(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = inpaint.inpaint_run(inpaint.InpaintOptions(
+        model_dir=str(run_dir), out=str(out), dataset="digits", num_images=5, metrics=True))
+    files = sorted(os.listdir(out))
+    assert "grid.png" in files and len(files) == 6
+    grid = tf.io.decode_png(tf.io.read_file(str(out / "grid.png")))
+    assert grid.shape == (5 * 8, 3 * 8, 1)
+    assert "inpainting pixel MSE (hole, images in [0, 1]): " in capsys.readouterr().out
+    assert 0 < result.pixel_mse.mean < 1
+
+
+def test_tool_on_image_files_with_a_fixed_box(run_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        pixels = np.random.default_rng(0).integers(0, 255, (20, 12, 3), dtype=np.uint8)
+        tf.io.write_file(str(folder / f"{name}.png"), tf.io.encode_png(pixels))
+    out = tmp_path / "out"
+    inpaint.inpaint_run(inpaint.InpaintOptions(
+        model_dir=str(run_dir), out=str(out), images=str(folder / "*.png"), mask="2,1,4,3"))
+    assert sorted(os.listdir(out)) == ["a_inpainted.png", "b_inpainted.png", "grid.png"]
+    composite = tf.io.decode_png(tf.io.read_file(str(out / "a_inpainted.png"))).numpy()
+    assert composite.shape == (8, 8, 1)
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(images="/nonexistent/*.png"), "--images=/nonexistent/*.png: no files match"),
+    (dict(images="{tmp}/bad.png"), "cannot read"),
+    (dict(dataset="digits", mask="1,2,3"), "--mask=1,2,3: expected x,y,w,h"),
+    (dict(dataset="digits", mask="a,b,c,d"), "expected x,y,w,h"),
+    (dict(dataset="digits", mask="4,0,5,2"), "not inside the 8x8 image"),
+    (dict(dataset="digits", mask="0,0,0,2"), "not inside"),
+    (dict(dataset="digits", model_dir="{tmp}/none"), "no run.json"),
+    (dict(dataset="digits", mask_fill=3.0), "--mask_fill=3.0"),
+])
+def test_tool_bad_input_is_one_line(run_dir, tmp_path, options, expected):
+    (tmp_path / "bad.png").write_text("not an image")
+    options = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in options.items()}
+    options = {"model_dir": str(run_dir), "out": str(tmp_path / "out"), **options}
+    with pytest.raises(ConfigError) as info:
+        inpaint.inpaint_run(inpaint.InpaintOptions(**options))
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tool_process_exits_2_with_one_error_line(run_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "trainers.inpaint", f"--model_dir={run_dir}",
+                           "--dataset=digits", "--mask=0,0,9,9", f"--out={tmp_path}/out"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --mask=0,0,9,9")

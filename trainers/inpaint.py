@@ -1,0 +1,194 @@
+r"""Inpaints images with a trained run: composite x * (1 - m) + G(mu(E(mask(x)))) * m.
+
+    python -m trainers.inpaint --model_dir=runs/digits_gali_mix --dataset=digits \
+        --num_images=16 --mask=random --out=/tmp/inpaint --metrics
+    python -m trainers.inpaint --model_dir=runs/celeba_gali_mix --images='faces/*.jpg' \
+        --mask=16,20,32,24 --out=/tmp/faces
+
+Writes every composite as a PNG (named after the source image, or inpainted_0000.png
+for dataset images) and grid.png, one row per image: original, masked input,
+inpainted. --mask=x,y,w,h is a fixed hole (top-left corner x, y; width w, height h,
+in pixels of the run's image size); --mask=random draws the training distribution
+from --seed. The hole is filled with the run's --mask_fill unless given here.
+--metrics prints the hole pixel MSE (GALI Table 5) over the images (with --dataset:
+the whole --split; masks from --seed, so models evaluated alike compare).
+Loading a --hub export is not supported: use the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+from absl import app, flags
+import tensorflow as tf
+
+from gali_tf import data, masks, training, visualize
+from gali_tf.evaluation import inpainting
+from gali_tf.model import ConfigError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined on demand, not at import: tests import this module next to
+    trainers.main, whose flags (--model_dir, --dataset, ...) would clash."""
+    flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the run's latest).")
+    flags.DEFINE_string("images", None,
+                        "Glob of JPEG/PNG images to inpaint (resized to the run's size).")
+    flags.DEFINE_string("dataset", None, "Instead of --images: take images from this gali_tf.data "
+                        "dataset (e.g. digits).")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir for --dataset.")
+    flags.DEFINE_enum("split", "test", ["train", "test"], "Split of --dataset.")
+    flags.DEFINE_integer("num_images", 16, "Images of --dataset to inpaint and show.")
+    flags.DEFINE_string("mask", "random", "x,y,w,h (hole's top-left corner and size) or random.")
+    flags.DEFINE_integer("seed", 0, "Seed of --mask=random.")
+    flags.DEFINE_float("mask_fill", None, "Hole value in [-1, 1] (default: the run's --mask_fill).")
+    flags.DEFINE_string("out", None, "Output directory for the PNGs.")
+    flags.DEFINE_bool("metrics", False, "Print the inpainting pixel MSE over the hole.")
+    flags.DEFINE_integer("batch_size", 100, "Batch size of --metrics.")
+
+
+def parse_mask(text: str):
+    """None for "random", else the box (x, y, w, h) as ints."""
+    if text.strip() == "random":
+        return None
+    parts = text.split(",")
+    try:
+        box = tuple(int(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise ConfigError(f"--mask={text}: expected x,y,w,h (four integers) or random")
+    return box
+
+
+def check_box(box, text: str, height: int, width: int) -> None:
+    x, y, w, h = box
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ConfigError(f"--mask={text}: the hole x={x}..{x + w - 1}, y={y}..{y + h - 1} "
+                          f"is not inside the {width}x{height} image (need w, h >= 1, "
+                          f"x + w <= {width}, y + h <= {height})")
+
+
+def load_images(pattern: str, shape) -> tuple:
+    """(images in [-1, 1] [N, H, W, C], names) from a glob of JPEG/PNG files."""
+    paths = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+    if not paths:
+        raise ConfigError(f"--images={pattern}: no files match")
+    height, width, channels = shape
+    images = []
+    for path in paths:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+            raise ConfigError(f"--images: cannot read {path} as a JPEG/PNG image") from None
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        if channels == 1:
+            image = tf.image.rgb_to_grayscale(image)
+        image = tf.image.resize(image, [height, width], antialias=True)
+        images.append(tf.clip_by_value(image, 0.0, 1.0) * 2.0 - 1.0)
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return tf.stack(images), names
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintOptions:
+    """The tool's flags (tests call `inpaint_run` with these directly)."""
+
+    model_dir: str
+    out: str
+    images: Optional[str] = None
+    dataset: Optional[str] = None
+    checkpoint: Optional[str] = None
+    data_dir: Optional[str] = None
+    split: str = "test"
+    num_images: int = 16
+    mask: str = "random"
+    seed: int = 0
+    mask_fill: Optional[float] = None
+    metrics: bool = False
+    batch_size: int = 100
+
+
+def inpaint_run(opts: InpaintOptions):
+    """Writes the composites and grid.png; returns the InpaintingResult with --metrics."""
+    if not opts.model_dir:
+        raise ConfigError("--model_dir is required (a run directory written by trainers.main)")
+    if not opts.out:
+        raise ConfigError("--out is required (a directory for the PNGs)")
+    if (opts.images is None) == (opts.dataset is None):
+        raise ConfigError("give exactly one of --images=GLOB and --dataset=NAME")
+    if opts.mask_fill is not None and not -1.0 <= opts.mask_fill <= 1.0:
+        raise ConfigError(f"--mask_fill={opts.mask_fill}: expected a value in [-1, 1]")
+    if opts.num_images < 1 or opts.batch_size < 1:
+        raise ConfigError("--num_images and --batch_size must be >= 1")
+    box = parse_mask(opts.mask)
+    run = training.restore_networks(opts.model_dir, opts.checkpoint)
+    height, width, channels = shape = tuple(run.record["example_shape"])
+    if box is not None:
+        check_box(box, opts.mask, height, width)
+    fill = opts.mask_fill if opts.mask_fill is not None else run.record.get("mask_fill", -1.0)
+
+    if opts.images is not None:
+        images, names = load_images(opts.images, shape)
+        names = [f"{name}_inpainted" for name in names]
+        eval_ds = tf.data.Dataset.from_tensor_slices(images).batch(opts.batch_size)
+    else:
+        cfg = data.DataConfig(dataset=opts.dataset, data_dir=opts.data_dir,
+                              image_size=int(height), channels=int(channels))
+        images = next(iter(data.make_dataset(cfg, opts.split, opts.num_images, shuffle=False,
+                                             repeat=False, drop_remainder=False)))
+        names = [f"inpainted_{i:04d}" for i in range(int(images.shape[0]))]
+        eval_ds = data.make_dataset(cfg, opts.split, opts.batch_size, shuffle=False,
+                                    repeat=False, drop_remainder=False)
+
+    def reconstruct(masked):
+        mu, _ = run.encoder(masked, training=False)
+        return run.generator(mu, training=False)
+
+    def mask_fn(batch_shape, batch_index):
+        if box is None:
+            return inpainting.eval_masks(batch_shape, batch_index, opts.seed)
+        return masks.box_masks(batch_shape[0], height, width, *box)
+
+    masked, composite = inpainting.inpaint(reconstruct, images,
+                                           mask_fn(tuple(images.shape), 0), fill)
+    tf.io.gfile.makedirs(opts.out)
+    for name, image in zip(names, visualize.as_uint8(composite)):
+        tf.io.write_file(os.path.join(opts.out, f"{name}.png"), tf.io.encode_png(image))
+    visualize.write_png(inpainting.triplet_grid(images, masked, composite),
+                        os.path.join(opts.out, "grid.png"))
+    print(f"{opts.out}: {len(names)} inpainted images and grid.png "
+          f"(columns: original, masked input, inpainted; {run.checkpoint})")
+    if not opts.metrics:
+        return None
+    result = inpainting.evaluate(reconstruct, eval_ds, fill, seed=opts.seed, mask_fn=mask_fn)
+    print(f"inpainting pixel MSE (hole, images in [0, 1]): {result.pixel_mse}")
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    options = InpaintOptions(**{f.name: getattr(FLAGS, f.name)
+                                for f in dataclasses.fields(InpaintOptions)})
+    try:
+        inpaint_run(options)
+    except (ConfigError, data.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    """Console-script entry point."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
