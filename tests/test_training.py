@@ -74,23 +74,6 @@ BAD_INPUT = [
 ]
 
 
-@pytest.fixture
-def trainer_flags():
-    """Parses trainer flags in-process and restores absl's global state afterwards."""
-    from absl import flags
-    from trainers import main as trainer
-    saved = flags.FLAGS.flag_values_dict()
-
-    def parse(args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["trainers.main", *args])
-        return trainer
-    yield parse
-    flags.FLAGS.unparse_flags()
-    for name, value in saved.items():
-        setattr(flags.FLAGS, name, value)
-
-
 @pytest.mark.parametrize("args, expected", BAD_INPUT)
 def test_trainer_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, trainer_flags,
                                                           args, expected):
