@@ -39,14 +39,25 @@ class ModelConfig:
     noise_schedule: str = "linear"        # linear | exponential | constant
     seed: int = 0
     mask_fill: float = -1.0               # value of maskK's hole (-1 = black), GALI-mix
+    feature_model: str = ""               # M of GALI-PT: "" none, DIR or inception_v3:PATH
+    feature_output: str = ""              # named output of M's signature ("" = its only one)
+    feature_signature: str = "serving_default"
+    feature_image_size: int = 0           # M's input size when not inferable (0 = inferred)
 
 
 class ConfigError(ValueError):
     """An inconsistent combination of options (one line, naming the flag)."""
 
 
-def check_model_config(config: ModelConfig) -> tuples.TupleSet:
-    """Validates the options and returns the parsed tuple set."""
+def check_model_config(config: ModelConfig,
+                       has_feature_model: bool | None = None) -> tuples.TupleSet:
+    """Validates the options and returns the parsed tuple set.
+
+    `has_feature_model`: whether a feature model M is given (None: whether
+    `config.feature_model` names one); tuple sets with M(...) need it.
+    """
+    if has_feature_model is None:
+        has_feature_model = bool(config.feature_model)
     tuple_set = tuples.parse_tuple_set(config.tuples)
     if config.generator_loss not in objectives.GENERATOR_LOSSES:
         raise ConfigError(f"--generator_loss={config.generator_loss!r}: expected one of "
@@ -62,10 +73,10 @@ def check_model_config(config: ModelConfig) -> tuples.TupleSet:
         raise ConfigError(f"--instance_noise={config.instance_noise}: expected >= 0")
     if not -1.0 <= config.mask_fill <= 1.0:
         raise ConfigError(f"--mask_fill={config.mask_fill}: expected a value in [-1, 1]")
-    unsupported = tuple_set.operator_families() - {"E", "G", "mask", "mix"}
-    if unsupported:
-        raise ConfigError(f"--tuples={config.tuples!r}: operators {sorted(unsupported)} need "
-                          "a pretrained model M, which this model is not given")
+    if "M" in tuple_set.operator_families() and not has_feature_model:
+        raise ConfigError(f"--tuples={config.tuples!r}: M(...) needs a pretrained feature "
+                          "model: set --feature_model (a SavedModel directory or "
+                          "inception_v3:WEIGHTS.h5)")
     # A masked image is only an encoder input (GALI-mix): shown to D or compared by
     # an l2 term, its flat hole would make its class trivially separable.
     nodes = tuple_set.required_nodes()
@@ -134,11 +145,16 @@ class GALIModel(keras.Model):
     """Encoder E, generator G and discriminator D trained on a tuple set."""
 
     def __init__(self, network_config: networks.NetworkConfig, config: ModelConfig,
-                 global_batch_size: int, total_steps: int, steps_per_epoch: int, **kwargs):
+                 global_batch_size: int, total_steps: int, steps_per_epoch: int,
+                 feature_model=None, **kwargs):
         super().__init__(**kwargs)
         self.network_config = network_config
         self.config = config
-        self.tuple_set = check_model_config(config)
+        self.tuple_set = check_model_config(config, feature_model is not None)
+        # M (gali_tf.features.FeatureModel) is a plain Python object, invisible to Keras'
+        # and tf.train's tracking: its weights are in no trainable_variables list and in
+        # no checkpoint of the run, and stay frozen.
+        self._frozen = {"feature_model": feature_model}
         self.global_batch_size = int(global_batch_size)
         self.total_steps = max(int(total_steps), 1)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
@@ -168,8 +184,9 @@ class GALIModel(keras.Model):
         z = tf.zeros((2, self.network_config.latent_dim))
         self.encoder(x)
         self.generator(z)
-        self.discriminator([x if k == tuples.IMAGE else z for k in self.tuple_set.slot_kinds],
-                           training=True)
+        y = tf.zeros((2, max(int(self.network_config.feature_dim), 1)))
+        self.discriminator([{tuples.IMAGE: x, tuples.LATENT: z, tuples.FEATURE: y}[k]
+                            for k in self.tuple_set.slot_kinds], training=True)
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator_encoder_variables)
         self.built = True
@@ -177,6 +194,11 @@ class GALIModel(keras.Model):
     @property
     def generator_encoder_variables(self) -> List[tf.Variable]:
         return self.encoder.trainable_variables + self.generator.trainable_variables
+
+    @property
+    def feature_model(self):
+        """The frozen feature model M (or None)."""
+        return self._frozen["feature_model"]
 
     @property
     def step(self) -> tf.Variable:
@@ -219,6 +241,8 @@ class GALIModel(keras.Model):
             "G": lambda ev, node: self.generator(ev.value(node.arg), training=training),
             "mask": mask,
             "mix": mix,
+            # Frozen M: inference mode, no weight updates, but gradients reach its input.
+            "M": lambda ev, node: self.feature_model(ev.value(node.arg)),
         }
 
     def chain_values(self, x, noise: StepNoise, training: bool = True) -> Dict[str, tf.Tensor]:

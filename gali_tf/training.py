@@ -18,7 +18,8 @@ import keras
 import tensorflow as tf
 
 from gali_tf import data as data_lib
-from gali_tf import networks
+from gali_tf import features as features_lib
+from gali_tf import networks, tuples
 from gali_tf.evaluation import inpainting, reconstruction
 from gali_tf.model import ConfigError, GALIModel, ModelConfig, check_model_config
 from gali_tf import visualize
@@ -60,6 +61,8 @@ class TrainResult:
     step: int
     metrics: dict
     test_pixel_mse: Optional[reconstruction.MSEResult]
+    # MSE between M(x) and M(G(mu(E(x)))) on the test split, when M is configured.
+    test_feature_mse: Optional[reconstruction.MSEResult] = None
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -79,6 +82,10 @@ def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> d
         "dataset": config.data.dataset,
         "generator_loss": config.model.generator_loss,
         "mask_fill": config.model.mask_fill,
+        "feature_model": config.model.feature_model,
+        "feature_output": config.model.feature_output,
+        "feature_signature": config.model.feature_signature,
+        "feature_image_size": config.model.feature_image_size,
     }
 
 
@@ -169,17 +176,34 @@ def _restore(checkpoint: tf.train.Checkpoint, path: str, model_dir: str) -> None
                           f"not match this model's architecture ({first_line})") from None
 
 
+def feature_config(config: ModelConfig) -> features_lib.FeatureConfig:
+    return features_lib.FeatureConfig(
+        feature_model=config.feature_model, feature_output=config.feature_output,
+        feature_signature=config.feature_signature,
+        feature_image_size=config.feature_image_size)
+
+
 def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
-                strategy: tf.distribute.Strategy):
-    """Creates and builds the model and its checkpoint inside the strategy scope."""
+                strategy: tf.distribute.Strategy, feature_model=None):
+    """Creates and builds the model and its checkpoint inside the strategy scope.
+
+    `feature_model` (GALI-PT's frozen M) sets D's feature width; it is not part of the
+    checkpoint.
+    """
+    # D's feature trunk exists only for tuple sets with M(...) slots; a run that loads M
+    # just for feature MSE (or alice_pt's feature L2) keeps its architecture.
+    has_feature_slot = tuples.FEATURE in tuples.parse_tuple_set(config.model.tuples).slot_kinds
     network_config = dataclasses.replace(
         config.network, example_shape=tuple(info.example_shape),
+        feature_dim=(feature_model.dim if feature_model is not None and has_feature_slot
+                     else config.network.feature_dim),
         synchronized_bn=config.network.synchronized_bn or strategy.num_replicas_in_sync > 1)
     steps_per_epoch = data_lib.steps_per_epoch(info, config.batch_size, config.model.n_dis)
     total_steps = config.steps or config.epochs * steps_per_epoch
     with strategy.scope():
         model = GALIModel(network_config, config.model, config.batch_size,
-                          total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+                          total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                          feature_model=feature_model)
         model.build()
         checkpoint = tf.train.Checkpoint(
             encoder=model.encoder, generator=model.generator,
@@ -200,7 +224,9 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     if config.batch_size % replicas:
         raise ConfigError(f"--batch_size={config.batch_size} must be divisible by the "
                           f"{replicas} replicas of --strategy={config.strategy}")
-    model, checkpoint, network_config = build_model(config, info, strategy)
+    # M is loaded (and every --feature_* flag checked) before anything is built or written.
+    feature_model = features_lib.load_feature_model(feature_config(config.model))
+    model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
     record = run_record(config, network_config)
     check_resumable(config.model_dir, record)
 
@@ -254,13 +280,17 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
         print(f"{config.model_dir}: already trained to step {start_step} "
               f"of {model.total_steps}; nothing to do")
 
-    mse = None
+    mse = feature_mse = None
     if test_ds is not None:
         mse = reconstruction.pixel_mse(model.reconstruct, test_ds)
+        if feature_model is not None:
+            feature_mse = reconstruction.feature_mse(feature_model, model.reconstruct, test_ds)
         with writer.as_default(step=int(model.step.numpy())):
             tf.summary.scalar("test/pixel_mse", mse.mean)
+            if feature_mse is not None:
+                tf.summary.scalar("test/feature_mse", feature_mse.mean)
     writer.flush()
-    return TrainResult(int(model.step.numpy()), history, mse)
+    return TrainResult(int(model.step.numpy()), history, mse, feature_mse)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -72,6 +72,17 @@ TUPLE_SETS: Dict[str, str] = {
         "x, E(mask4(mix1(x)));"
         "G(E(mask1(x))), E(mask4(mix1(x)))"
     ),
+    # GALI-PT (GALI, "Incorporation of Learned Knowledge"): GALI-4's classes, each with
+    # the frozen pretrained model's features of the chain partner of the tuple's image
+    # (x <-> G(E(x)), G(z) <-> G(E(G(z)))), as the paper writes them. So both chains give
+    # feature feedback: D compares each reconstruction with its original's features.
+    # (M(G(E(G(z)))) in the last class, i.e. M of the tuple's own image, would drop the
+    # z-chain's feedback and break the symmetry with the second class.)
+    "gali_pt": ("x, E(x), M(x); x, E(G(E(x))), M(G(E(x))); G(z), z, M(G(z)); "
+                "G(E(G(z))), z, M(G(z))"),
+    # The appendix ablations: ALI tuples with M, and ALI + L2 on M's features (ALICE-PT).
+    "ali_pt": "x, E(x), M(x); G(z), z, M(G(z))",
+    "alice_pt": "x, E(x); G(z), z; l2: M(x), M(G(E(x)))",
     # The masked-input baselines of GALI Table 5.
     "ali_mask": "x, E(mask1(x)); G(z), z",
     "alice_mask": "x, E(mask1(x)); G(z), z; l2: x, G(E(mask1(x)))",

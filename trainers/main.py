@@ -52,6 +52,16 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent, encoder and instance noise.
 flags.DEFINE_float("mask_fill", -1.0,
                    "Value in [-1, 1] of the hole of maskK(...) encoder inputs (-1 = black); "
                    "trainers.inpaint uses the run's value.")
+# -- GALI-PT: the frozen pretrained feature model M (docs/pretrained.md)
+flags.DEFINE_string("feature_model", "",
+                    "M for M(...) tuple nodes and feature MSE: a SavedModel directory (e.g. a "
+                    "trainers.classifier export) or inception_v3:WEIGHTS.h5 (Keras notop weights).")
+flags.DEFINE_string("feature_output", "",
+                    "Named output of M's signature (e.g. features); empty = its only output.")
+flags.DEFINE_string("feature_signature", "serving_default", "Signature of M's SavedModel.")
+flags.DEFINE_integer("feature_image_size", 0,
+                     "M's input height = width when the model does not fix it "
+                     "(0 = inferred; inception_v3 default 299, at least 75).")
 # -- the run
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>_<tuples>).")
 flags.DEFINE_integer("batch_size", 100, "Global batch size.")
@@ -87,7 +97,10 @@ def config_from_flags() -> training.TrainConfig:
             tuples=FLAGS.tuples, generator_loss=FLAGS.generator_loss,
             l2_weight=FLAGS.l2_weight, n_dis=FLAGS.n_dis, learning_rate=FLAGS.learning_rate,
             beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, instance_noise=FLAGS.instance_noise,
-            noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed, mask_fill=FLAGS.mask_fill),
+            noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed, mask_fill=FLAGS.mask_fill,
+            feature_model=FLAGS.feature_model, feature_output=FLAGS.feature_output,
+            feature_signature=FLAGS.feature_signature,
+            feature_image_size=FLAGS.feature_image_size),
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
         strategy=FLAGS.strategy,
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],
@@ -122,6 +135,8 @@ def main(argv):
     print(f"{config.model_dir}: step {result.step}")
     if result.test_pixel_mse is not None:
         print(f"test pixel MSE (images in [0, 1], G(mu(E(x)))): {result.test_pixel_mse}")
+    if result.test_feature_mse is not None:
+        print(f"test feature MSE (M(x) vs M(G(mu(E(x))))): {result.test_feature_mse}")
 
 
 def run():

@@ -39,3 +39,25 @@ def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
         raise ValueError("pixel_mse: the dataset is empty")
     num_examples = counts // int(np.prod(images.shape[1:]))
     return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)
+
+
+def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
+    """Mean squared error between M(x) and M(G(mu(E(x)))) (GALI Table 4's feature MSE).
+
+    `feature_fn` maps images in [-1, 1] to [B, F] features (a frozen feature model such
+    as gali_tf.features.FeatureModel); `reconstruct` and `dataset` as in `pixel_mse`.
+    """
+    @tf.function
+    def squared_error(images):
+        return tf.square(feature_fn(images) - feature_fn(reconstruct(images)))
+
+    sums, counts, batch_means, num_examples = 0.0, 0, [], 0
+    for images in dataset:
+        squared = squared_error(images)
+        batch_means.append(float(tf.reduce_mean(squared)))
+        sums += float(tf.reduce_sum(squared))
+        counts += int(tf.size(squared))
+        num_examples += int(images.shape[0])
+    if not batch_means:
+        raise ValueError("feature_mse: the dataset is empty")
+    return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)

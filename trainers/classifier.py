@@ -1,0 +1,67 @@
+r"""Trains the auxiliary classifier that provides GALI-PT's features M(x), and exports it.
+
+    python -m trainers.classifier --dataset=digits --export_dir=runs/digits_classifier/export
+    python -m trainers.classifier --dataset=svhn_cropped --data_dir=~/tensorflow_datasets \
+        --export_dir=runs/svhn_classifier/export
+    python -m trainers.classifier --dataset=celeb_a --data_dir=~/tensorflow_datasets \
+        --export_dir=runs/celeba_classifier/export
+
+The export (SavedModel + metadata.json) loads as M with
+`--feature_model=EXPORT_DIR --feature_output=features` (docs/pretrained.md).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from gali_tf import classifier, data
+from gali_tf.model import ConfigError
+
+flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "celeb_a"],
+                  "Labelled training data (celeb_a: 40 binary attributes).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
+flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own; "
+                     "use the GAN run's size).")
+flags.DEFINE_string("export_dir", None,
+                    "Where the SavedModel goes (default runs/{digits,svhn,celeba}_classifier/export).")
+flags.DEFINE_integer("epochs", 20, "Training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+flags.DEFINE_integer("width", 32, "Channels of the first conv block.")
+flags.DEFINE_integer("feature_dim", 128, "Size of the last hidden layer (the features).")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation and shuffling.")
+flags.DEFINE_integer("verbose", 2, "Keras progress output.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    short = {"svhn_cropped": "svhn", "celeb_a": "celeba"}.get(FLAGS.dataset, FLAGS.dataset)
+    export_dir = FLAGS.export_dir or f"runs/{short}_classifier/export"
+    config = classifier.ClassifierConfig(
+        data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+                             image_size=FLAGS.image_size),
+        export_dir=export_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, width=FLAGS.width, feature_dim=FLAGS.feature_dim,
+        seed=FLAGS.seed, verbose=FLAGS.verbose)
+    try:
+        result = classifier.train_classifier(config)
+    except (ConfigError, data.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"test {result.metadata['accuracy_kind']}: {result.test_accuracy:.4f}")
+    print(f"exported to {result.export_dir} (--feature_model={result.export_dir} "
+          "--feature_output=features)")
+
+
+def run():
+    """Console-script entry point (gali-classifier)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
