@@ -130,7 +130,7 @@ def _load_inception(path: str, config: FeatureConfig) -> FeatureModel:
         raise FeatureModelError(
             f"{flag}: no weights file there (expected Keras' "
             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5; it cannot be downloaded "
-            "here: fetch it on a machine with internet, see docs/pretrained.md)")
+            "here: fetch it on a machine with internet, see the README, \"Getting the InceptionV3 weights\")")
     try:
         model = keras.applications.InceptionV3(
             include_top=False, pooling="avg", weights=path, input_shape=(size, size, 3))

@@ -7,7 +7,7 @@ r"""Trains the auxiliary classifier that provides GALI-PT's features M(x), and e
         --export_dir=runs/celeba_classifier/export
 
 The export (SavedModel + metadata.json) loads as M with
-`--feature_model=EXPORT_DIR --feature_output=features` (docs/pretrained.md).
+`--feature_model=EXPORT_DIR --feature_output=features` (README, "GALI-PT").
 """
 
 from __future__ import annotations

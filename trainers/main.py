@@ -52,7 +52,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent, encoder and instance noise.
 flags.DEFINE_float("mask_fill", -1.0,
                    "Value in [-1, 1] of the hole of maskK(...) encoder inputs (-1 = black); "
                    "trainers.inpaint uses the run's value.")
-# -- GALI-PT: the frozen pretrained feature model M (docs/pretrained.md)
+# -- GALI-PT: the frozen pretrained feature model M (README, "GALI-PT")
 flags.DEFINE_string("feature_model", "",
                     "M for M(...) tuple nodes and feature MSE: a SavedModel directory (e.g. a "
                     "trainers.classifier export) or inception_v3:WEIGHTS.h5 (Keras notop weights).")
