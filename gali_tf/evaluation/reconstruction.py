@@ -22,35 +22,9 @@ class MSEResult:
                 f"({self.num_examples} images, {self.num_batches} batches)")
 
 
-def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
-    """Mean squared error between images and reconstructions, both scaled to [0, 1].
-
-    `reconstruct` maps a batch in [-1, 1] to its reconstruction G(mu(E(x))) (z = mu,
-    inference-mode BatchNorm); `dataset` yields image batches in [-1, 1].
-    """
-    reconstruct = tf.function(reconstruct)
-    sums, counts, batch_means = 0.0, 0, []
-    for images in dataset:
-        squared = tf.square(to_unit_range(images) - to_unit_range(reconstruct(images)))
-        batch_means.append(float(tf.reduce_mean(squared)))
-        sums += float(tf.reduce_sum(squared))
-        counts += int(tf.size(squared))
-    if not batch_means:
-        raise ValueError("pixel_mse: the dataset is empty")
-    num_examples = counts // int(np.prod(images.shape[1:]))
-    return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)
-
-
-def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
-    """Mean squared error between M(x) and M(G(mu(E(x)))) (GALI Table 4's feature MSE).
-
-    `feature_fn` maps images in [-1, 1] to [B, F] features (a frozen feature model such
-    as gali_tf.features.FeatureModel); `reconstruct` and `dataset` as in `pixel_mse`.
-    """
-    @tf.function
-    def squared_error(images):
-        return tf.square(feature_fn(images) - feature_fn(reconstruct(images)))
-
+def _mean_squared_error(squared_error, dataset: tf.data.Dataset, name: str) -> MSEResult:
+    """Mean of `squared_error(images)` over every value, and the std of the batch means."""
+    squared_error = tf.function(squared_error)
     sums, counts, batch_means, num_examples = 0.0, 0, [], 0
     for images in dataset:
         squared = squared_error(images)
@@ -59,5 +33,27 @@ def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
         counts += int(tf.size(squared))
         num_examples += int(images.shape[0])
     if not batch_means:
-        raise ValueError("feature_mse: the dataset is empty")
+        raise ValueError(f"{name}: the dataset is empty")
     return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)
+
+
+def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
+    """Mean squared error between images and reconstructions, both scaled to [0, 1].
+
+    `reconstruct` maps a batch in [-1, 1] to its reconstruction G(mu(E(x))) (z = mu,
+    inference-mode BatchNorm); `dataset` yields image batches in [-1, 1].
+    """
+    def squared_error(images):
+        return tf.square(to_unit_range(images) - to_unit_range(reconstruct(images)))
+    return _mean_squared_error(squared_error, dataset, "pixel_mse")
+
+
+def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
+    """Mean squared error between M(x) and M(G(mu(E(x)))) (GALI Table 4's feature MSE).
+
+    `feature_fn` maps images in [-1, 1] to [B, F] features (a frozen feature model such
+    as gali_tf.features.FeatureModel); `reconstruct` and `dataset` as in `pixel_mse`.
+    """
+    def squared_error(images):
+        return tf.square(feature_fn(images) - feature_fn(reconstruct(images)))
+    return _mean_squared_error(squared_error, dataset, "feature_mse")
