@@ -200,6 +200,9 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
         synchronized_bn=config.network.synchronized_bn or strategy.num_replicas_in_sync > 1)
     steps_per_epoch = data_lib.steps_per_epoch(info, config.batch_size, config.model.n_dis)
     total_steps = config.steps or config.epochs * steps_per_epoch
+    # --seed also fixes the initial weights, so runs with seeds 0..k are a reproducible
+    # sample of the run-to-run spread (the experiment tables' "± over seeds").
+    keras.utils.set_random_seed(config.model.seed)
     with strategy.scope():
         model = GALIModel(network_config, config.model, config.batch_size,
                           total_steps=total_steps, steps_per_epoch=steps_per_epoch,
