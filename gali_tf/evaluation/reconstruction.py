@@ -1,4 +1,5 @@
-"""Reconstruction quality (GALI Table 1): pixel MSE of G(mu(E(x))) on test images."""
+"""Reconstruction quality (GALI Table 1): pixel MSE of G(mu(E(x))) on test images,
+feature MSE on a frozen classifier, and the toy's MSE in data units."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
     def squared_error(images):
         return tf.square(to_unit_range(images) - to_unit_range(reconstruct(images)))
     return _mean_squared_error(squared_error, dataset, "pixel_mse")
+
+
+def point_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
+    """Mean squared error between points and reconstructions in data units (the
+    25-Gaussian toy, ALI Fig. 8), for data that are not images."""
+    def squared_error(points):
+        return tf.square(points - tf.cast(reconstruct(points), points.dtype))
+    return _mean_squared_error(squared_error, dataset, "point_mse")
 
 
 def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:

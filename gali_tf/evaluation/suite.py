@@ -1,0 +1,335 @@
+"""The evaluation suite: the papers' protocols on one checkpoint of a run.
+
+`evaluate_run(model_dir, config)` restores E and G from a run directory and computes
+the requested metrics:
+
+- reconstruction  pixel MSE of G(mu(E(x))), images in [0, 1] (GALI Table 1), and the
+                  feature MSE on a frozen classifier M when one is given (GALI-PT)
+- svm             the linear-SVM protocol on E's features (ALI 4.3, GALI Table 2)
+- fid             Fréchet distance of G(z) to the test images on M's features (GALI Table 3)
+- inpainting      hole pixel MSE (and feature MSE) of the composite (GALI Table 5)
+- modes           25-Gaussian toy: modes covered, share within 3 std (ALI 4.5)
+- pictures        samples, reconstruction pairs, latent interpolations (ALI Fig. 6),
+                  and for the toy a scatter of samples over the mixture means
+
+`write_report` writes RUN/eval/<step>.json, RUN/eval/<step>.md, the pictures under
+RUN/eval/<step>/ and TensorBoard summaries under RUN/eval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from gali_tf import data as data_lib
+from gali_tf import features as features_lib
+from gali_tf import training, tuples
+from gali_tf.evaluation import fid as fid_lib
+from gali_tf.evaluation import inpainting, modes, pictures, reconstruction, svm
+from gali_tf.model import ConfigError
+from gali_tf.visualize import write_png
+
+METRICS = ("reconstruction", "svm", "fid", "inpainting", "modes", "pictures")
+EVAL_DIR = "eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how; field names follow trainers.evaluate's flags."""
+
+    metrics: Tuple[str, ...] = ()        # () = every metric that applies to the run
+    split: str = "test"
+    batch_size: int = 100
+    data_dir: Optional[str] = None       # where the run's TFDS data lives on this machine
+    image_dir: Optional[str] = None      # the run's --image_dir for --dataset=folder
+    # M for the reconstruction feature MSE and inpainting feature MSE ("" = the run's own M).
+    feature: features_lib.FeatureConfig = features_lib.FeatureConfig()
+    # The FID network ("" = the feature model above).
+    fid: features_lib.FeatureConfig = features_lib.FeatureConfig()
+    fid_samples: int = 10_000            # generated images; real ones: the split, capped
+    svm: svm.SVMConfig = svm.SVMConfig()
+    mode_samples: int = 10_000
+    num_pictures: int = 64
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalReport:
+    model_dir: str
+    checkpoint: str
+    step: int
+    dataset: str
+    tuples: str
+    split: str
+    # name -> {"mean": float, "std": float (when there is a spread), "what": str, ...}
+    metrics: Dict[str, dict] = dataclasses.field(default_factory=dict)
+    pictures: Dict[str, str] = dataclasses.field(default_factory=dict)   # name -> PNG path
+    notes: List[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _uses_masks(tuple_spec: str) -> bool:
+    nodes = tuples.parse_tuple_set(tuple_spec).required_nodes()
+    return any(node.family == "mask" for node in nodes)
+
+
+def _has_m(config: features_lib.FeatureConfig) -> bool:
+    return bool(config.feature_model)
+
+
+def applicable_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig) -> Dict[str, str]:
+    """Metric -> "" when it applies to the run, else why not (one line)."""
+    toy = not info.is_image
+    fid_network = config.fid if _has_m(config.fid) else config.feature
+    return {
+        "reconstruction": "",
+        "svm": ("" if info.num_classes and not toy
+                else f"--dataset={info.name} has no class labels for the SVM protocol"),
+        "fid": ("toy data are 2-d points (use modes)" if toy else
+                "" if _has_m(fid_network) or record.get("feature_model") else
+                "no FID network: give --fid_model (inception_v3:WEIGHTS.h5 or a "
+                "trainers.classifier export)"),
+        "inpainting": ("" if _uses_masks(record["tuples"]) and not toy else
+                       f"--tuples={record['tuples']} has no masked encoder inputs"),
+        "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25",
+        "pictures": "",
+    }
+
+
+def resolve_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig) -> Tuple[str, ...]:
+    """The metrics to run: the requested ones (each must apply), or all that apply."""
+    reasons = applicable_metrics(record, info, config)
+    unknown = [m for m in config.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"--metrics={','.join(config.metrics)}: unknown {', '.join(unknown)} "
+                          f"(expected some of {', '.join(METRICS)})")
+    for metric in config.metrics:
+        if reasons[metric]:
+            raise ConfigError(f"--metrics={metric}: {reasons[metric]}")
+    return tuple(config.metrics) or tuple(m for m in METRICS if not reasons[m])
+
+
+def _data_config(record: dict, config: EvalConfig) -> data_lib.DataConfig:
+    shape = record["example_shape"]
+    image = record["dataset"] != "toy25"
+    return data_lib.DataConfig(
+        dataset=record["dataset"], data_dir=config.data_dir, image_dir=config.image_dir,
+        image_size=int(shape[0]) if image else None, channels=int(shape[2]) if image else None)
+
+
+def _feature_model(config: features_lib.FeatureConfig, record: dict):
+    """The configured M, else the run's own (GALI-PT runs record theirs), else None."""
+    if not _has_m(config) and record.get("feature_model"):
+        config = features_lib.FeatureConfig(
+            record["feature_model"], record.get("feature_output", ""),
+            record.get("feature_signature", "serving_default"),
+            int(record.get("feature_image_size", 0)))
+    return features_lib.load_feature_model(config)
+
+
+def _mse_entry(result: reconstruction.MSEResult, what: str) -> dict:
+    return {"mean": result.mean, "std": result.std, "n": result.num_examples, "what": what}
+
+
+def _first_images(dataset: tf.data.Dataset, count: int) -> tf.Tensor:
+    images = []
+    for batch in dataset:
+        images.append(batch)
+        if sum(int(b.shape[0]) for b in images) >= count:
+            break
+    return tf.concat(images, axis=0)[:count]
+
+
+def _generated_batches(generate, latent_dim: int, total: int, batch_size: int, seed: int):
+    for start in range(0, total, batch_size):
+        n = min(batch_size, total - start)
+        yield generate(tf.random.stateless_normal([n, latent_dim], [seed, start]))
+
+
+def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
+                 checkpoint: Optional[str] = None) -> EvalReport:
+    """Computes the metrics of one checkpoint (default: the latest) of a run."""
+    started = time.time()
+    restored = training.restore_networks(model_dir, checkpoint)
+    record, encoder, generator = restored.record, restored.encoder, restored.generator
+    data_config = _data_config(record, config)
+    info = data_lib.dataset_info(data_config)
+    metrics = resolve_metrics(record, info, config)
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch_size={config.batch_size}: expected at least 1")
+    report = EvalReport(model_dir, restored.checkpoint, restored.step, record["dataset"],
+                        record["tuples"], config.split)
+
+    encode = tf.function(lambda x: encoder(x, training=False)[0])
+    generate = tf.function(lambda z: generator(z, training=False))
+    reconstruct = tf.function(lambda x: generator(encoder(x, training=False)[0], training=False))
+
+    def split_images(split=config.split):
+        return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
+                                     repeat=False, drop_remainder=False)
+
+    # Every M is loaded (and its flags checked) before the first metric runs.
+    feature_model = (_feature_model(config.feature, record)
+                     if {"reconstruction", "inpainting"} & set(metrics) and info.is_image
+                     else None)
+    fid_model = None
+    if "fid" in metrics:
+        fid_model = (features_lib.load_feature_model(config.fid) if _has_m(config.fid)
+                     else feature_model or _feature_model(config.feature, record))
+
+    if "reconstruction" in metrics:
+        if info.is_image:
+            report.metrics["pixel_mse"] = _mse_entry(
+                reconstruction.pixel_mse(reconstruct, split_images()),
+                "pixel MSE of G(mu(E(x))), images in [0, 1]")
+            if feature_model is not None:
+                report.metrics["feature_mse"] = _mse_entry(
+                    reconstruction.feature_mse(feature_model, reconstruct, split_images()),
+                    f"MSE of M(x) vs M(G(mu(E(x)))), M = {feature_model.description}")
+        else:
+            report.metrics["point_mse"] = _mse_entry(
+                reconstruction.point_mse(reconstruct, split_images()),
+                "MSE of x vs G(mu(E(x))) in data units (ALI Fig. 8)")
+
+    if "svm" in metrics:
+        def labelled(split):
+            return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
+                                         repeat=False, with_labels=True, drop_remainder=False)
+        train_x, train_y = svm.encoder_features(encoder, labelled("train"))
+        test_x, test_y = svm.encoder_features(encoder, labelled(config.split))
+        try:
+            result = svm.svm_protocol(train_x, train_y, test_x, test_y, config.svm)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        report.metrics["svm_error"] = {
+            "mean": result.mean_error, "std": result.std_error, "n": result.num_test,
+            "draws": result.draws, "per_class": result.per_class,
+            "num_validation": result.num_validation, "feature_dim": result.feature_dim,
+            "chosen_c": list(result.chosen_c),
+            "what": (f"linear-SVM test error on E's features, {result.per_class} labels/class, "
+                     f"mean ± std over {result.draws} draws")}
+
+    if "fid" in metrics:
+        real = split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
+        result = fid_lib.fid(
+            fid_model, _generated_batches(generate, int(record["latent_dim"]),
+                                          config.fid_samples, config.batch_size, config.seed),
+            real, fid_model.description)
+        report.metrics["fid"] = {
+            "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
+            "network": result.network,
+            "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
+        if features_lib.INCEPTION_PREFIX not in fid_model.description:
+            report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
+                                "it only with FIDs on the same network")
+
+    if "inpainting" in metrics:
+        result = inpainting.evaluate(reconstruct, split_images(), float(record["mask_fill"]),
+                                     seed=config.seed, feature_fn=feature_model)
+        report.metrics["inpaint_pixel_mse"] = _mse_entry(
+            result.pixel_mse, "hole pixel MSE of the composite, images in [0, 1]")
+        if result.feature_mse is not None:
+            report.metrics["inpaint_feature_mse"] = _mse_entry(
+                result.feature_mse, f"composite vs original on M = {feature_model.description}")
+
+    samples = None
+    if "modes" in metrics or ("pictures" in metrics and not info.is_image):
+        samples = np.concatenate(list(_generated_batches(
+            generate, int(record["latent_dim"]), config.mode_samples, 1000, config.seed)))
+    if "modes" in metrics:
+        coverage = modes.mode_coverage(samples, data_lib.TOY25_MEANS, data_lib.TOY25_STD)
+        report.metrics["modes_covered"] = {
+            "mean": coverage.modes_covered, "n": coverage.num_samples,
+            "counts": list(coverage.counts),
+            "what": f"of {coverage.num_modes} mixture components with a sample (ALI 4.5)"}
+        report.metrics["within_3std"] = {
+            "mean": coverage.within_3std, "n": coverage.num_samples,
+            "what": "share of samples within 3 std of their component's mean"}
+
+    if "pictures" in metrics:
+        if info.is_image:
+            count = config.num_pictures
+            test_images = _first_images(split_images(), 2 * max(count // 8, 1) + count // 2)
+            z = tf.random.stateless_normal([count, int(record["latent_dim"])], [config.seed, 7])
+            rows = max(1, min(8, int(test_images.shape[0]) // 2))
+            report.pictures = {
+                "samples": pictures.samples_grid(generate, z),
+                "reconstructions": pictures.reconstructions_grid(
+                    reconstruct, test_images[:count // 2]),
+                "interpolations": pictures.interpolation_grid(
+                    encode, generate, test_images[:rows], test_images[rows:2 * rows]),
+            }
+        else:
+            points, _ = data_lib.toy25_arrays(config.split)
+            report.pictures = {"scatter": pictures.toy_scatter(samples, data_lib.TOY25_MEANS,
+                                                               points[:5000])}
+    report.seconds = time.time() - started
+    return report
+
+
+def report_markdown(report: EvalReport) -> str:
+    """The report as a Markdown table (metric, value, what it is)."""
+    lines = [f"# Evaluation of {report.model_dir} at step {report.step}", "",
+             f"checkpoint `{report.checkpoint}`, dataset {report.dataset}, split "
+             f"{report.split}, tuples `{report.tuples}`, {report.seconds:.0f} s", "",
+             "| metric | value | what |", "|---|---|---|"]
+    for name, entry in report.metrics.items():
+        lines.append(f"| {name} | {format_value(entry)} | {entry['what']} |")
+    for note in report.notes:
+        lines += ["", f"Note: {note}"]
+    if report.pictures:
+        lines += [""] + [f"![{name}]({path})" for name, path in report.pictures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def format_value(entry: dict) -> str:
+    mean = entry["mean"]
+    text = f"{mean:.4g}" if isinstance(mean, float) else str(mean)
+    if "std" in entry:
+        text += f" ± {entry['std']:.2g}"
+    return text
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a report."""
+    temporary = path + ".tmp"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_report(report: EvalReport) -> Tuple[str, str]:
+    """Writes RUN/eval/<step>.{json,md}, the PNGs and TensorBoard summaries; returns
+    the JSON and Markdown paths. `report.pictures` becomes name -> PNG path."""
+    eval_dir = os.path.join(report.model_dir, EVAL_DIR)
+    picture_dir = os.path.join(eval_dir, str(report.step))
+    tf.io.gfile.makedirs(picture_dir)
+    writer = tf.summary.create_file_writer(eval_dir)
+    with writer.as_default(step=report.step):
+        for name, entry in report.metrics.items():
+            tf.summary.scalar(f"eval/{name}", float(entry["mean"]))
+        for name, image in report.pictures.items():
+            if not isinstance(image, str):
+                tf.summary.image(f"eval/{name}", image)
+    writer.flush()
+    paths = {}
+    for name, image in report.pictures.items():
+        if not isinstance(image, str):
+            path = os.path.join(picture_dir, f"{name}.png")
+            write_png(image, path)
+            image = os.path.relpath(path, eval_dir)
+        paths[name] = image
+    report.pictures = paths
+    base = os.path.join(eval_dir, str(report.step))
+    _write_atomically(base + ".json", json.dumps(report.to_json(), indent=2) + "\n")
+    _write_atomically(base + ".md", report_markdown(report))
+    return base + ".json", base + ".md"
