@@ -57,6 +57,9 @@ class FeatureConfig:
     feature_output: str = ""                   # named output of the signature ("" = the only one)
     feature_signature: str = "serving_default"
     feature_image_size: int = 0                # 0 = inferred (inception_v3: 299)
+    # The flags' common prefix, for messages: "feature" (--feature_model, ...) or e.g.
+    # "fid" when trainers.evaluate loads its FID network from --fid_model, --fid_output.
+    flag_prefix: str = "feature"
 
 
 class FeatureModel:
@@ -110,6 +113,19 @@ class FeatureModel:
 
 def load_feature_model(config: FeatureConfig) -> Optional[FeatureModel]:
     """The configured M, or None when --feature_model is empty."""
+    if config.flag_prefix == "feature":
+        return _load_feature_model(config)
+    renamed = f"--{config.flag_prefix}_"
+    try:
+        model = _load_feature_model(config)
+    except FeatureModelError as error:
+        raise FeatureModelError(str(error).replace("--feature_", renamed)) from None
+    if model is not None:
+        model.description = model.description.replace("--feature_", renamed)
+    return model
+
+
+def _load_feature_model(config: FeatureConfig) -> Optional[FeatureModel]:
     spec = (config.feature_model or "").strip()
     if not spec:
         return None
