@@ -115,8 +115,52 @@ def _lrelu(cfg: NetworkConfig):
     return keras.layers.LeakyReLU(negative_slope=cfg.leaky_slope)
 
 
+class Conv2D(keras.layers.Conv2D):
+    """Conv2D that runs as one matmul when its window covers the whole input.
+
+    A "valid" KxK conv on a KxK input (the last conv of svhn32/celeba64 E and D_x)
+    is a dense layer on the flattened input. Same kernel variable and the same
+    function, but XLA's CPU convolution emitter is slow for it (its input gradient,
+    a conv of a 1x1 map padded by K-1, cost ~100 ms per batch of 100 against ~4 ms as
+    a matmul; see benchmarks/train_step.py).
+    """
+
+    def convolution_op(self, inputs, kernel):
+        kh, kw, cin, cout = kernel.shape
+        if (self.padding == "valid" and self.data_format == "channels_last"
+                and tuple(self.dilation_rate) == (1, 1)
+                and tuple(inputs.shape[1:3]) == (kh, kw)):
+            flat = ops.reshape(inputs, (-1, kh * kw * cin))
+            out = ops.matmul(flat, ops.reshape(ops.cast(kernel, flat.dtype), (kh * kw * cin, cout)))
+            return ops.reshape(out, (-1, 1, 1, cout))
+        return super().convolution_op(inputs, kernel)
+
+
+class Conv2DTranspose(keras.layers.Conv2DTranspose):
+    """Conv2DTranspose that runs as one matmul on a 1x1 input (G's first layer).
+
+    out[b, i, j, o] = sum_c z[b, c] * kernel[i, j, o, c] for a "valid" transposed conv
+    of a 1x1 map, whatever the stride: XLA's CPU emitter took ~45 ms for it where the
+    matmul takes a few.
+    """
+
+    def call(self, inputs):
+        kh, kw, cout, cin = self.kernel.shape
+        if (self.padding != "valid" or self.data_format != "channels_last"
+                or tuple(inputs.shape[1:3]) != (1, 1) or self.output_padding is not None
+                or tuple(self.dilation_rate) != (1, 1)):
+            return super().call(inputs)
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        matrix = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (cin, kh * kw * cout))
+        out = ops.reshape(ops.matmul(ops.reshape(inputs, (-1, cin)), matrix),
+                          (-1, kh, kw, cout))
+        if self.use_bias:
+            out = ops.add(out, ops.cast(self.bias, out.dtype))
+        return self.activation(out) if self.activation is not None else out
+
+
 def _conv(filters, kernel, stride=1, padding="valid", use_bias=False, transpose=False):
-    cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    cls = Conv2DTranspose if transpose else Conv2D
     return cls(filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
                kernel_initializer=_kernel_init(), bias_initializer="zeros")
 
@@ -341,7 +385,10 @@ def build_generator(cfg: NetworkConfig) -> Generator:
 
 
 def _sn(layer):
-    return keras.layers.SpectralNormalization(layer)
+    # float32 wrapper: under a mixed-precision policy the power iteration, the vector u
+    # and sigma stay float32 (in bfloat16 sigma would be off by up to ~0.4%); the
+    # wrapped layer still computes in the policy's compute dtype.
+    return keras.layers.SpectralNormalization(layer, dtype="float32")
 
 
 class Discriminator(_CheckpointedSublayers, keras.Model):
