@@ -7,6 +7,7 @@ discriminator forward pass on the same chain nodes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Dict, List
@@ -17,6 +18,8 @@ import tensorflow as tf
 from gali_tf import masks, networks, objectives, tuples
 
 NOISE_SCHEDULES = ("linear", "exponential", "constant")
+# Keras dtype policies for --mixed_precision ("float32" = full precision).
+PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # The exponential instance-noise schedule decays to this fraction of its start value
 # by the end of training (the GALI paper says "exponentially decaying" noise but
@@ -43,6 +46,7 @@ class ModelConfig:
     feature_output: str = ""              # named output of M's signature ("" = its only one)
     feature_signature: str = "serving_default"
     feature_image_size: int = 0           # M's input size when not inferable (0 = inferred)
+    mixed_precision: str = "float32"      # a PRECISION_POLICIES name (Keras dtype policy)
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,9 @@ def check_model_config(config: ModelConfig,
         raise ConfigError(f"--learning_rate={config.learning_rate}: expected > 0")
     if config.instance_noise < 0:
         raise ConfigError(f"--instance_noise={config.instance_noise}: expected >= 0")
+    if config.mixed_precision not in PRECISION_POLICIES:
+        raise ConfigError(f"--mixed_precision={config.mixed_precision!r}: expected one of "
+                          f"{', '.join(PRECISION_POLICIES)}")
     if not -1.0 <= config.mask_fill <= 1.0:
         raise ConfigError(f"--mask_fill={config.mask_fill}: expected a value in [-1, 1]")
     if "M" in tuple_set.operator_families() and not has_feature_model:
@@ -141,6 +148,17 @@ class StepNoise:
         return full[self._replica * local:(self._replica + 1) * local] if self._replicas > 1 else full
 
 
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+    """Builds layers under a Keras dtype policy without leaving it set process-wide."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 class GALIModel(keras.Model):
     """Encoder E, generator G and discriminator D trained on a tuple set."""
 
@@ -158,16 +176,28 @@ class GALIModel(keras.Model):
         self.global_batch_size = int(global_batch_size)
         self.total_steps = max(int(total_steps), 1)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
-        self.encoder = networks.build_encoder(network_config)
-        self.generator = networks.build_generator(network_config)
-        self.discriminator = networks.build_discriminator(
-            network_config, self.tuple_set.slot_kinds, self.tuple_set.num_classes)
+        # Mixed precision: the layers compute in float16/bfloat16 and keep float32
+        # variables; chain nodes and logits are cast back to float32 (below), so the
+        # losses, noise and masks stay float32, and so do D's spectral-norm vectors
+        # (networks._sn).
+        with _dtype_policy(config.mixed_precision):
+            self.encoder = networks.build_encoder(network_config)
+            self.generator = networks.build_generator(network_config)
+            self.discriminator = networks.build_discriminator(
+                network_config, self.tuple_set.slot_kinds, self.tuple_set.num_classes)
         # Two Adam optimizers, one per side of the game (DESIGN.md: build both in
         # the strategy scope before fit, or their state is not mirrored/restored).
-        self.d_optimizer = keras.optimizers.Adam(config.learning_rate, config.beta_1,
-                                                 config.beta_2, name="d_adam")
-        self.g_optimizer = keras.optimizers.Adam(config.learning_rate, config.beta_1,
-                                                 config.beta_2, name="g_adam")
+        self.d_adam = keras.optimizers.Adam(config.learning_rate, config.beta_1,
+                                            config.beta_2, name="d_adam")
+        self.g_adam = keras.optimizers.Adam(config.learning_rate, config.beta_1,
+                                            config.beta_2, name="g_adam")
+        if config.mixed_precision == "mixed_float16":
+            # float16 gradients underflow without loss scaling; each side scales its own
+            # loss (dynamic scale, a step with inf/nan gradients is skipped).
+            self.d_optimizer = keras.optimizers.LossScaleOptimizer(self.d_adam, name="d_scale")
+            self.g_optimizer = keras.optimizers.LossScaleOptimizer(self.g_adam, name="g_scale")
+        else:
+            self.d_optimizer, self.g_optimizer = self.d_adam, self.g_adam
         self._trackers = {name: keras.metrics.Mean(name=name)
                           for name in ("d_loss", "g_loss", "noise_std")}
         if self.tuple_set.reconstruction_pairs:
@@ -203,7 +233,7 @@ class GALIModel(keras.Model):
     @property
     def step(self) -> tf.Variable:
         """Generator-encoder steps taken: the run's step count (checkpointed)."""
-        return self.g_optimizer.iterations
+        return self.g_adam.iterations
 
     @property
     def metrics(self):
@@ -214,9 +244,10 @@ class GALIModel(keras.Model):
     def encode_sample(self, x, noise: StepNoise | None = None, training: bool = False):
         """E(x): z = mu + exp(log_sigma) * eps, or mu when noise is None or E is deterministic."""
         mu, log_sigma = self.encoder(x, training=training)
+        mu = tf.cast(mu, tf.float32)   # latent nodes are float32 under mixed precision
         if noise is None or log_sigma is None:
             return mu
-        return mu + tf.exp(log_sigma) * noise.normal(mu.shape)
+        return mu + tf.exp(tf.cast(log_sigma, tf.float32)) * noise.normal(mu.shape)
 
     def _operators(self, noise: StepNoise, training: bool) -> Dict[str, tuples.Operator]:
         def mask_sample(ev, index, like):
@@ -238,7 +269,8 @@ class GALIModel(keras.Model):
 
         return {
             "E": lambda ev, node: self.encode_sample(ev.value(node.arg), noise, training),
-            "G": lambda ev, node: self.generator(ev.value(node.arg), training=training),
+            "G": lambda ev, node: tf.cast(self.generator(ev.value(node.arg), training=training),
+                                          tf.float32),
             "mask": mask,
             "mix": mix,
             # Frozen M: inference mode, no weight updates, but gradients reach its input.
@@ -274,18 +306,22 @@ class GALIModel(keras.Model):
         values = {name: tf.stop_gradient(v) for name, v in values.items()}
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            logits = tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                         self._discriminator_inputs(values, noise, std))
+            logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
+                                                 self._discriminator_inputs(values, noise, std)),
+                             tf.float32)
             per_example = objectives.discriminator_loss(logits)
             loss = objectives.reduce_loss(per_example, self.global_batch_size)
-        self.d_optimizer.apply_gradients(zip(tape.gradient(loss, d_vars), d_vars))
+            # Identity unless loss scaling (mixed_float16); apply_gradients unscales.
+            scaled = self.d_optimizer.scale_loss(loss)
+        self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         return per_example, logits
 
     def _generator_step(self, tape: tf.GradientTape, values, noise: StepNoise, std):
         """One Adam step on E and G against the updated D (fresh forward pass)."""
         with tape:
-            logits = tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                         self._discriminator_inputs(values, noise, std))
+            logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
+                                                 self._discriminator_inputs(values, noise, std)),
+                             tf.float32)
             per_example = objectives.generator_loss(self.config.generator_loss, logits)
             l2 = tf.zeros_like(per_example)
             for target, reconstruction in self.tuple_set.reconstruction_pairs:
@@ -293,8 +329,9 @@ class GALIModel(keras.Model):
                                                         values[reconstruction.name])
             total = per_example + self.config.l2_weight * l2
             loss = objectives.reduce_loss(total, self.global_batch_size)
+            scaled = self.g_optimizer.scale_loss(loss)
         ge_vars = self.generator_encoder_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(loss, ge_vars), ge_vars))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, ge_vars), ge_vars))
         return per_example, l2
 
     def train_step(self, data):
@@ -321,7 +358,12 @@ class GALIModel(keras.Model):
             self._trackers["l2"].update_state(l2)
         for c, p in enumerate(tf.unstack(objectives.own_class_probabilities(d_logits))):
             self._trackers[f"p{c + 1}"].update_state(p)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if tf.distribute.get_strategy().extended._in_multi_worker_mode():  # pylint: disable=protected-access
+            # Keras 3.15's fit averages multi-worker logs with strategy.reduce(MEAN,
+            # axis=0), which fails on scalars ("Invalid reduction dimension 0").
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     # ---------------------------------------------------------------- inference
 
@@ -330,10 +372,11 @@ class GALIModel(keras.Model):
         return self.reconstruct(x, training=training)
 
     def reconstruct(self, x, training=False):
-        return self.generator(self.encode_sample(x, training=training), training=training)
+        return tf.cast(self.generator(self.encode_sample(x, training=training),
+                                      training=training), tf.float32)
 
     def generate(self, z, training=False):
-        return self.generator(z, training=training)
+        return tf.cast(self.generator(z, training=training), tf.float32)
 
     def prior_sample(self, n: int, seed: int = 0) -> tf.Tensor:
         return tf.random.stateless_normal([n, self.network_config.latent_dim], [seed, 0])
