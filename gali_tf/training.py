@@ -12,6 +12,10 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
+import tempfile
+import threading
 from typing import Optional
 
 import keras
@@ -24,7 +28,10 @@ from gali_tf.evaluation import inpainting, reconstruction
 from gali_tf.model import ConfigError, GALIModel, ModelConfig, check_model_config
 from gali_tf import visualize
 
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+# Exit status of a trainer that saved a checkpoint at SIGTERM and stopped early
+# (TensorFlow's restart code on Borg; job schedulers can restart on it).
+PREEMPTED_EXIT_CODE = 42
 RUN_RECORD = "run.json"
 FLAGS_FILE = "flags.txt"
 CHECKPOINT_DIR = "checkpoints"
@@ -51,7 +58,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     log_every: int = 50
     image_every: int = 500
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500      # also saved at SIGTERM and at the end
     keep_checkpoints: int = 3
     verbose: int = 1
 
@@ -63,14 +70,72 @@ class TrainResult:
     test_pixel_mse: Optional[reconstruction.MSEResult]
     # MSE between M(x) and M(G(mu(E(x)))) on the test split, when M is configured.
     test_feature_mse: Optional[reconstruction.MSEResult] = None
+    # True when SIGTERM stopped the run early (after saving a checkpoint of `step`).
+    preempted: bool = False
+    # The trained model, for in-process callers (tests compare workers' weights).
+    model: Optional[keras.Model] = None
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy called `name` (one of STRATEGIES).
+
+    multi_worker reads the cluster and this process's task from the standard
+    TF_CONFIG environment variable (without it, it is a one-worker cluster) and must
+    be created before TensorFlow runs any op in the process. tpu connects to the TPU
+    named by TPU_NAME, or to the local one on a Cloud TPU VM.
+    """
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy={name!r}: expected one of {', '.join(STRATEGIES)}")
     if name == "auto":
         name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
-    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+    try:
+        if name == "mirrored":
+            return tf.distribute.MirroredStrategy()
+        if name == "multi_worker":
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if name == "tpu":
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu=None if os.environ.get("TPU_NAME") else "local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(f"--strategy={name}: cannot be set up ({first_line})") from None
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run (checkpoints, TensorBoard, run.json).
+
+    Only one task of a multi-worker cluster is: "chief", or worker 0 when the
+    cluster has no chief task. Single-process strategies are always chief.
+    """
+    return bool(strategy.extended.should_checkpoint)
+
+
+def latest_complete_checkpoint(directory: str) -> Optional[str]:
+    """The newest checkpoint recorded in `directory`'s state file that is on disk.
+
+    tf.train.CheckpointManager writes a checkpoint's data and index first and only then
+    names it in the `checkpoint` state file (written to a temp file and renamed), so a
+    process killed while saving leaves a stray data/index file or `_temp` directory
+    that is in no state file: never picked up here. Unlike tf.train.latest_checkpoint,
+    which returns None when the newest recorded checkpoint lost its files (a resumed
+    run would silently start over), this falls back to the next newest recorded one.
+    """
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return None
+    recorded = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
+    complete = {}
+    for path in recorded:
+        if not os.path.isabs(path) and "://" not in path:
+            path = os.path.join(directory, path)
+        suffix = path.rsplit("-", 1)[-1]
+        if suffix.isdigit() and tf.io.gfile.exists(path + ".index"):
+            complete[int(suffix)] = path
+    return complete[max(complete)] if complete else None
 
 
 def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> dict:
@@ -208,37 +273,58 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
                           total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                           feature_model=feature_model)
         model.build()
+        # The Adam states themselves (not a float16 loss-scale wrapper around them), so a
+        # run can resume under another --mixed_precision; the loss scale restarts.
         checkpoint = tf.train.Checkpoint(
             encoder=model.encoder, generator=model.generator,
             discriminator=model.discriminator,
-            d_optimizer=model.d_optimizer, g_optimizer=model.g_optimizer)
+            d_optimizer=model.d_adam, g_optimizer=model.g_adam)
     return model, checkpoint, network_config
 
 
 def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
-    """Trains (or resumes) a run; returns its final step, metrics and test pixel MSE."""
+    """Trains (or resumes) a run; returns its final step, metrics and test pixel MSE.
+
+    Under multi_worker every worker runs this with the same config; the chief writes
+    `model_dir` and the other workers write the same files to a temporary directory
+    that is deleted at the end (TensorFlow's pattern: all workers take part in saving,
+    which may involve collectives, but only one copy is kept). Resuming needs
+    `model_dir` on storage every worker reads (GCS, NFS): each restores from it.
+    """
     check_model_config(config.model)
     _check_model_dir(config.model_dir)
     if config.batch_size < 1 or config.steps < 0 or config.epochs < 0:
         raise ConfigError("--batch_size must be >= 1 and --steps/--epochs >= 0")
-    info = data_lib.dataset_info(config.data)
+    if config.steps_per_execution < 1:
+        raise ConfigError(f"--steps_per_execution={config.steps_per_execution}: expected >= 1")
+    # Before any other TF op: MultiWorkerMirroredStrategy configures the runtime.
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ConfigError(f"--batch_size={config.batch_size} must be divisible by the "
                           f"{replicas} replicas of --strategy={config.strategy}")
+    if (config.steps_per_execution > 1 and replicas > 1
+            and not isinstance(strategy, tf.distribute.TPUStrategy)):
+        raise ConfigError(f"--steps_per_execution={config.steps_per_execution} needs a single "
+                          f"replica (Keras fails with {replicas} replicas of --strategy="
+                          f"{config.strategy}); use 1")
+    info = data_lib.dataset_info(config.data)
     # M is loaded (and every --feature_* flag checked) before anything is built or written.
     feature_model = features_lib.load_feature_model(feature_config(config.model))
     model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
     record = run_record(config, network_config)
     check_resumable(config.model_dir, record)
 
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR),
-        max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        _restore(checkpoint, manager.latest_checkpoint, config.model_dir)
+    checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
+    latest = latest_complete_checkpoint(checkpoint_dir)
+    if latest is None and tf.train.get_checkpoint_state(checkpoint_dir) is not None:
+        raise ConfigError(f"--model_dir={config.model_dir}: {checkpoint_dir} records "
+                          "checkpoints but none of them is on disk; use a new --model_dir")
+    if latest:
+        _restore(checkpoint, latest, config.model_dir)
     start_step = int(model.step.numpy())
+    if latest and config.verbose:
+        print(f"{config.model_dir}: resuming from {os.path.basename(latest)} (step {start_step})")
 
     train_ds = data_lib.make_dataset(
         config.data, "train", config.batch_size, shuffle=True, repeat=True,
@@ -250,50 +336,84 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
         first = first[:, -1] if config.model.n_dis > 1 else first
         model.generator.set_output_bias_from_images(first)
 
+    chief = is_chief(strategy)
     # Only now, with inputs checked and the checkpoint restored, touch model_dir.
-    tf.io.gfile.makedirs(config.model_dir)
-    _write_text(os.path.join(config.model_dir, RUN_RECORD), json.dumps(record, indent=2))
-    if flags_text is not None:
-        _write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
+    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="gali_worker_")
+    try:
+        return _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info,
+                                 train_ds, record, start_step, write_dir, chief,
+                                 feature_model)
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
 
+
+def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, train_ds,
+                      record, start_step, write_dir, chief, feature_model) -> TrainResult:
+    tf.io.gfile.makedirs(write_dir)
+    _write_text(os.path.join(write_dir, RUN_RECORD), json.dumps(record, indent=2))
+    if flags_text is not None:
+        _write_text(os.path.join(write_dir, FLAGS_FILE), flags_text)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints)
+
+    replicas = strategy.num_replicas_in_sync
     jit = config.jit_compile if config.jit_compile is not None else replicas == 1
     model.compile(optimizer=None, jit_compile=jit,
                   steps_per_execution=config.steps_per_execution)
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
     test_ds = (data_lib.make_dataset(config.data, "test", min(config.batch_size, 100),
                                      shuffle=False, repeat=False, drop_remainder=False)
                if info.num_test and info.is_image else None)
+    saver = CheckpointEvery(manager, config.checkpoint_every)
+    preemption = SaveAtSigterm(saver, strategy)
     callbacks = [
         StopAtStep(model.total_steps),
         ScalarSummaries(writer, config.log_every),
-        CheckpointEvery(manager, config.checkpoint_every),
+        saver,
+        preemption,
     ]
-    if info.is_image and config.image_every > 0:
+    if info.is_image and config.image_every > 0 and chief:
         callbacks.append(ImageSummaries(writer, config.image_every, test_ds or train_ds))
 
     history = {}
     if start_step < model.total_steps:
         steps_per_epoch = model.steps_per_epoch
-        fit = model.fit(train_ds, epochs=math.ceil(model.total_steps / steps_per_epoch),
-                        initial_epoch=start_step // steps_per_epoch,
-                        steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                        verbose=config.verbose)
+        epochs = math.ceil(model.total_steps / steps_per_epoch)
+        if config.model.mixed_precision == "mixed_float16":
+            # A float16 step whose scaled gradients overflow is skipped and not counted
+            # (a few while the loss scale settles, then about one per 2000 steps): spare
+            # epochs let StopAtStep end the run on the right total anyway.
+            epochs += 1 + math.ceil(0.01 * epochs)
+        with preemption.installed():
+            fit = model.fit(train_ds, epochs=epochs,
+                            initial_epoch=start_step // steps_per_epoch,
+                            steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                            verbose=config.verbose)
         history = {k: float(v[-1]) for k, v in fit.history.items()}
     elif config.verbose:
         print(f"{config.model_dir}: already trained to step {start_step} "
               f"of {model.total_steps}; nothing to do")
+    step = int(model.step.numpy())
+    if preemption.preempted:
+        # The grace period after SIGTERM is short: the checkpoint is saved, leave now.
+        writer.flush()
+        if config.verbose:
+            print(f"{config.model_dir}: SIGTERM: saved the checkpoint of step {step}; "
+                  "run the same command again to resume")
+        return TrainResult(step, history, None, None, preempted=True, model=model)
 
     mse = feature_mse = None
     if test_ds is not None:
         mse = reconstruction.pixel_mse(model.reconstruct, test_ds)
         if feature_model is not None:
             feature_mse = reconstruction.feature_mse(feature_model, model.reconstruct, test_ds)
-        with writer.as_default(step=int(model.step.numpy())):
+        with writer.as_default(step=step):
             tf.summary.scalar("test/pixel_mse", mse.mean)
             if feature_mse is not None:
                 tf.summary.scalar("test/feature_mse", feature_mse.mean)
     writer.flush()
-    return TrainResult(int(model.step.numpy()), history, mse, feature_mse)
+    return TrainResult(step, history, mse, feature_mse, model=model)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -338,7 +458,7 @@ class CheckpointEvery(keras.callbacks.Callback):
         super().__init__()
         self.manager, self.every = manager, every
 
-    def _save(self):
+    def save(self):
         step = int(self.model.step.numpy())
         if self.manager.latest_checkpoint != self._path(step):
             self.manager.save(checkpoint_number=step)
@@ -348,10 +468,68 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every > 0 and int(self.model.step.numpy()) % self.every == 0:
-            self._save()
+            self.save()
 
     def on_train_end(self, logs=None):
-        self._save()
+        self.save()
+
+
+class SaveAtSigterm(keras.callbacks.Callback):
+    """On SIGTERM: finish the running step, checkpoint it, and end training cleanly.
+
+    The signal handler only sets a flag: TensorFlow state is not safe to touch from a
+    handler that may run in the middle of a step. After each step the flag is read;
+    under a multi-worker strategy the workers first agree (one scalar all-reduce per
+    step) whether any of them was signalled, so they all save the same step and leave
+    the step's collectives together instead of leaving a peer blocked in them.
+    tf.distribute.experimental.PreemptionCheckpointHandler is not used: it probes the
+    GCE metadata server over the network at start and does nothing on GCE CPU VMs.
+    """
+
+    def __init__(self, saver: "CheckpointEvery", strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.saver, self.strategy = saver, strategy
+        self.preempted = False
+        self._signalled = threading.Event()
+        self._multi_worker = strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+        self._any_worker = None
+
+    def installed(self):
+        """Context manager: our SIGTERM handler while fit runs, the previous one after."""
+        callback = self
+
+        class _Installed:
+            def __enter__(self):
+                self.previous = None
+                # signal.signal only works in the main thread; elsewhere SIGTERM keeps
+                # its default action (the last periodic checkpoint is the resume point).
+                if threading.current_thread() is threading.main_thread():
+                    self.previous = signal.signal(signal.SIGTERM,
+                                                  lambda signum, frame: callback._signalled.set())
+
+            def __exit__(self, *exc):
+                if self.previous is not None:
+                    signal.signal(signal.SIGTERM, self.previous)
+        return _Installed()
+
+    def _agreed(self) -> bool:
+        if not self._multi_worker:
+            return self._signalled.is_set()
+        if self._any_worker is None:
+            strategy = self.strategy
+
+            @tf.function
+            def any_worker(flag):
+                per_replica = strategy.run(lambda: tf.identity(flag))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            self._any_worker = any_worker
+        return int(self._any_worker(tf.constant(int(self._signalled.is_set())))) > 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.preempted and self._agreed():
+            self.saver.save()
+            self.preempted = True
+            self.model.stop_training = True
 
 
 class ImageSummaries(keras.callbacks.Callback):

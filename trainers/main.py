@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 
 from gali_tf import data, networks, tuples
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.model import PRECISION_POLICIES, ConfigError, ModelConfig
 from gali_tf import training
 
 # -- data
@@ -68,10 +68,16 @@ flags.DEFINE_integer("batch_size", 100, "Global batch size.")
 flags.DEFINE_integer("epochs", 200, "Total epochs (ignored when --steps > 0).")
 flags.DEFINE_integer("steps", 0, "Total generator-encoder steps; > 0 overrides --epochs.")
 flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
-                  "tf.distribute strategy; auto picks mirrored when there is more than one GPU.")
+                  "tf.distribute strategy: mirrored (GPUs of one host), multi_worker "
+                  "(hosts named in TF_CONFIG), tpu (TPU_NAME or the local Cloud TPU VM), "
+                  "default (one device); auto picks mirrored when there is more than one GPU.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "XLA compilation of the train step (auto: on for a single device).")
-flags.DEFINE_integer("steps_per_execution", 1, "Train steps per tf.function call.")
+flags.DEFINE_enum("mixed_precision", "float32", list(PRECISION_POLICIES),
+                  "Keras dtype policy: mixed_float16 (GPUs; loss-scaled) or mixed_bfloat16 "
+                  "(TPUs, recent GPUs); variables, spectral-norm vectors and losses stay float32.")
+flags.DEFINE_integer("steps_per_execution", 1,
+                     "Train steps per tf.function call (> 1 needs a single replica or a TPU).")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar summaries.")
 flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
@@ -100,7 +106,8 @@ def config_from_flags() -> training.TrainConfig:
             noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed, mask_fill=FLAGS.mask_fill,
             feature_model=FLAGS.feature_model, feature_output=FLAGS.feature_output,
             feature_signature=FLAGS.feature_signature,
-            feature_image_size=FLAGS.feature_image_size),
+            feature_image_size=FLAGS.feature_image_size,
+            mixed_precision=FLAGS.mixed_precision),
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
         strategy=FLAGS.strategy,
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],
@@ -132,6 +139,9 @@ def main(argv):
     except INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if result.preempted:
+        # Checkpoint saved at SIGTERM: a distinct status, so a scheduler can restart us.
+        sys.exit(training.PREEMPTED_EXIT_CODE)
     print(f"{config.model_dir}: step {result.step}")
     if result.test_pixel_mse is not None:
         print(f"test pixel MSE (images in [0, 1], G(mu(E(x)))): {result.test_pixel_mse}")
