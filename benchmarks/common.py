@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: threads, timing, peak memory, FLOPs, matmul rate."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import Callable, Dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout, without installing
+    sys.path.insert(0, REPO)
+
+
+def set_threads(threads: int) -> None:
+    """TF intra-op threads = `threads`, one inter-op thread: the same compute threads as
+    a PyTorch process with torch.set_num_threads(threads), which runs ops one by one.
+    Must run before TensorFlow executes its first op."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its finished children), in MiB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int, warmup: int = 1) -> float:
+    """Mean wall time of `fn()` after `warmup` untimed calls; `fn` must block until done."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / max(calls, 1)
+
+
+def graph_flops(concrete_function) -> int:
+    """FLOPs of one call of a traced tf.function, from TF's registered op statistics.
+
+    Only ops that run are counted: those the outputs and the stateful control outputs
+    (variable updates) depend on. The tape emits gradient ops nobody uses (e.g. D's
+    weight gradients in the E/G step), which TF prunes before running; the v1
+    profiler (tf.compat.v1.profiler with float_operation()) counts them all and
+    gives about twice the FLOPs actually run. Ops without a registered "flops"
+    statistic (element-wise activations, BatchNorm) count 0, so this is slightly low.
+    """
+    from tensorflow.python.framework import ops as tf_ops  # pylint: disable=import-outside-toplevel
+
+    graph = concrete_function.graph
+    pending = [t.op for t in concrete_function.outputs] + list(graph.control_outputs)
+    seen, total = set(), 0
+    while pending:
+        op = pending.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        pending.extend(t.op for t in op.inputs)
+        pending.extend(op.control_inputs)
+        try:
+            flops = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+        except ValueError:  # shape unknown: only happens for ops off the hot path
+            flops = None
+        total += int(flops or 0)
+    return total
+
+
+def matmul_gflops(size: int = 2048, calls: int = 10, jit_compile: bool = True) -> float:
+    """Measured float32 matmul rate of this machine (GFLOP/s) with the same threads."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    a = tf.random.stateless_normal([size, size], [0, 1])
+    b = tf.random.stateless_normal([size, size], [0, 2])
+    matmul = tf.function(tf.linalg.matmul, jit_compile=jit_compile)
+    seconds = seconds_per_call(lambda: matmul(a, b).numpy(), calls, warmup=2)
+    return 2.0 * size ** 3 / seconds / 1e9
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def print_table(rows: Dict[str, str]) -> None:
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def train_step(tuples: str, network, batch: int, jit_compile: bool = True,
+               mixed_precision: str = "float32"):
+    """(model, x, step) for timing GALIModel.train_step on a fixed batch in [-1, 1].
+
+    `step()` runs one train step and waits for it. The batch is synthetic so that only
+    the step is timed (input pipelines are timed by benchmarks/input_pipeline.py).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
+    model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=mixed_precision),
+                      batch, total_steps=10_000, steps_per_epoch=100)
+    model.build()
+    x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
+    compiled = tf.function(model.train_step, jit_compile=jit_compile)
+    return model, x, lambda: float(compiled(x)["d_loss"])  # float(): waits for the step

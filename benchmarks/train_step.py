@@ -1,0 +1,187 @@
+r"""Train-step throughput: images/s, ms/step, peak RSS and achieved vs matmul GFLOP/s.
+
+    python benchmarks/train_step.py --model=gali4 --arch=svhn32 --batch=100 --steps=5
+    python benchmarks/train_step.py --steps=5 --vs_torch          # against the PyTorch peer
+    python benchmarks/train_step.py --steps=5 --compare=gali8     # GALI-8 / GALI-4 step time
+    python benchmarks/train_step.py --steps=3 --breakdown         # D step vs E/G side
+
+The step is the model's own `train_step` (one D step, then the E/G step with a fresh
+D forward pass) in one tf.function, XLA-compiled unless --nojit_compile, on a fixed
+batch of uniform images in [-1, 1]: the input pipeline is timed apart
+(benchmarks/input_pipeline.py). Steady state: --warmup untimed steps (tracing and XLA
+compilation), then --steps timed ones, repeated --rounds times. With --vs_torch the
+PyTorch peer (../shared/peers/torch_gali4.py, same networks, batch and thread count)
+runs as a subprocess between our rounds, so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+try:
+    from benchmarks import common
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import common
+
+flags.DEFINE_string("model", "gali4", "Tuple set (gali_tf.tuples), e.g. ali, gali4, gali8.")
+flags.DEFINE_enum("arch", "svhn32", ["svhn32", "celeba64", "small", "mlp"], "Networks.")
+flags.DEFINE_integer("batch", 100, "Global batch size.")
+flags.DEFINE_integer("steps", 5, "Timed steps per round.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA compilation).")
+flags.DEFINE_integer("rounds", 2, "Timed rounds (alternating with the peer under --vs_torch).")
+flags.DEFINE_bool("jit_compile", True, "XLA-compile the step (the trainer's single-device default).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy of the networks.")
+flags.DEFINE_integer("threads", 0, "Compute threads for both frameworks (0 = all cores).")
+flags.DEFINE_integer("latent_dim", 0, "Size of z (0 = the papers': 256 svhn32, 512 celeba64).")
+flags.DEFINE_integer("width", 32, "Width of --arch=small.")
+flags.DEFINE_bool("vs_torch", False, "Also time the PyTorch GALI-4 peer, alternately with ours.")
+flags.DEFINE_string("torch_script", os.path.join(common.REPO, "..", "shared", "peers",
+                                                 "torch_gali4.py"), "The PyTorch peer.")
+flags.DEFINE_string("compare", "", "A second tuple set timed alternately (e.g. gali8): "
+                    "prints its step time / ours.")
+flags.DEFINE_bool("breakdown", False, "Also time the D step and the chain forward alone.")
+flags.DEFINE_bool("flops", True, "Count the step's FLOPs and measure the matmul rate.")
+
+FLAGS = flags.FLAGS
+_SHAPES = {"svhn32": (32, 32, 3), "celeba64": (64, 64, 3), "small": (32, 32, 3), "mlp": (2,)}
+_LATENTS = {"svhn32": 256, "celeba64": 512, "small": 64, "mlp": 2}
+
+
+class Bench:
+    """One model's jitted train step on a fixed batch."""
+
+    def __init__(self, tuples: str):
+        from gali_tf import networks
+
+        network = networks.NetworkConfig(
+            arch=FLAGS.arch, example_shape=_SHAPES[FLAGS.arch], width=FLAGS.width,
+            latent_dim=FLAGS.latent_dim or _LATENTS[FLAGS.arch])
+        self.model, self.x, self.run = common.train_step(
+            tuples, network, FLAGS.batch, FLAGS.jit_compile, FLAGS.mixed_precision)
+        self.name = tuples
+
+    def seconds_per_step(self, steps: int, warmup: int = 0) -> float:
+        return common.seconds_per_call(self.run, steps, warmup)
+
+    def flops(self) -> int:
+        import tensorflow as tf
+        traced = tf.function(self.model.train_step).get_concrete_function(
+            tf.TensorSpec(self.x.shape, self.x.dtype))
+        return common.graph_flops(traced)
+
+    def breakdown(self, steps: int) -> dict:
+        """ms of the chain forward alone and of the D step alone (XLA like the step)."""
+        import tensorflow as tf
+        from gali_tf.model import StepNoise
+        model, jit = self.model, FLAGS.jit_compile
+
+        def chain(x):
+            return model.chain_values(x, StepNoise(0, model.step))
+
+        def d_step(x):
+            noise = StepNoise(0, model.step)
+            values = model.chain_values(x, noise)
+            return model._discriminator_step(values, noise, model._noise_std())[0]  # pylint: disable=protected-access
+
+        out = {}
+        for name, fn in (("chain forward (3 E + 3 G)", chain), ("chain forward + D step", d_step)):
+            f = tf.function(fn, jit_compile=jit)
+            out[name] = 1000 * common.seconds_per_call(
+                lambda: tf.nest.map_structure(lambda t: t.numpy(), f(self.x)), steps, 1)
+        return out
+
+
+def run_torch(threads: int) -> float:
+    done = subprocess.run(
+        [sys.executable, FLAGS.torch_script, "--batch", str(FLAGS.batch), "--steps",
+         str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads)],
+        capture_output=True, text=True, timeout=3600,
+        env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    if done.returncode != 0:
+        raise SystemExit(f"error: --torch_script={FLAGS.torch_script} failed: "
+                         f"{done.stderr.strip()[-500:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith("images_per_s="):
+            return float(line.split("=", 1)[1])
+    raise SystemExit(f"error: --torch_script={FLAGS.torch_script} printed no images_per_s=")
+
+
+def main(argv):
+    del argv
+    threads = FLAGS.threads or os.cpu_count()
+    if FLAGS.vs_torch:
+        try:
+            import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        except ImportError:
+            raise SystemExit("error: --vs_torch needs PyTorch (pip install torch)") from None
+        if not os.path.exists(FLAGS.torch_script):
+            raise SystemExit(f"error: --torch_script={FLAGS.torch_script}: no such file")
+        if FLAGS.model != "gali4" or FLAGS.arch != "svhn32":
+            raise SystemExit("error: --vs_torch compares --model=gali4 --arch=svhn32 (the peer's)")
+    common.set_threads(threads)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{started}  {common.load_average()}  threads={threads}", flush=True)
+
+    ours = Bench(FLAGS.model)
+    other = Bench(FLAGS.compare) if FLAGS.compare else None
+    for bench in (ours, other) if other is not None else (ours,):
+        for _ in range(FLAGS.warmup):
+            bench.run()
+    rss_after_warmup = common.peak_rss_mib()
+
+    ours_s, other_s, torch_ips = [], [], []
+    for round_index in range(FLAGS.rounds):
+        if FLAGS.vs_torch:
+            torch_ips.append(run_torch(threads))
+            print(f"round {round_index + 1}: torch {torch_ips[-1]:.2f} images/s", flush=True)
+        ours_s.append(ours.seconds_per_step(FLAGS.steps))
+        print(f"round {round_index + 1}: ours  {FLAGS.batch / ours_s[-1]:.2f} images/s "
+              f"({1000 * ours_s[-1]:.1f} ms/step)", flush=True)
+        if other is not None:
+            other_s.append(other.seconds_per_step(FLAGS.steps))
+            print(f"round {round_index + 1}: {other.name} {1000 * other_s[-1]:.1f} ms/step",
+                  flush=True)
+
+    seconds = sum(ours_s) / len(ours_s)
+    rows = {
+        "model": f"{FLAGS.model} --arch={FLAGS.arch} --batch={FLAGS.batch} "
+                 f"jit_compile={FLAGS.jit_compile} {FLAGS.mixed_precision}",
+        "steady state": f"{1000 * seconds:.1f} ms/step, {FLAGS.batch / seconds:.2f} images/s "
+                        f"(mean of {FLAGS.rounds} rounds x {FLAGS.steps} steps "
+                        f"after {FLAGS.warmup} warm-up)",
+        "peak RSS": f"{rss_after_warmup:.0f} MiB (this process)",
+    }
+    if FLAGS.flops:
+        step_flops = ours.flops()
+        matmul = common.matmul_gflops(jit_compile=FLAGS.jit_compile)
+        achieved = step_flops / seconds / 1e9
+        rows["step FLOPs"] = f"{step_flops / 1e9:.1f} GFLOP (ops that run, TF's op statistics)"
+        rows["achieved"] = (f"{achieved:.1f} GFLOP/s vs measured 2048^2 float32 matmul "
+                            f"{matmul:.1f} GFLOP/s ({100 * achieved / matmul:.0f}%)")
+    if other is not None:
+        other_mean = sum(other_s) / len(other_s)
+        rows[f"{other.name} / {FLAGS.model}"] = (
+            f"{other_mean / seconds:.3f}x step time ({1000 * other_mean:.1f} vs "
+            f"{1000 * seconds:.1f} ms/step)")
+    if FLAGS.vs_torch:
+        torch_mean = sum(torch_ips) / len(torch_ips)
+        rows["torch peer"] = (f"{torch_mean:.2f} images/s (peak RSS "
+                              f"{common.peak_rss_mib(children=True):.0f} MiB)")
+        rows["ours / torch"] = f"{FLAGS.batch / seconds / torch_mean:.2f}x images/s"
+    if FLAGS.breakdown:
+        parts = ours.breakdown(FLAGS.steps)
+        parts["whole step (+ E/G step)"] = 1000 * seconds
+        for name, ms in parts.items():
+            rows[name] = f"{ms:.1f} ms"
+    rows["finished"] = f"{time.strftime('%H:%M:%S')}, {common.load_average()}"
+    common.print_table(rows)
+
+
+if __name__ == "__main__":
+    app.run(main)
