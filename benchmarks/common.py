@@ -22,10 +22,9 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def peak_rss_mib(children: bool = False) -> float:
-    """Peak resident memory of this process (or of its finished children), in MiB."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (getrusage ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int, warmup: int = 1) -> float:

@@ -97,19 +97,39 @@ class Bench:
         return out
 
 
-def run_torch(threads: int) -> float:
+# Runs the peer unchanged and then prints its peak RSS. VmHWM is the high-water mark of
+# the process's own address space; getrusage(RUSAGE_CHILDREN) in the parent would
+# report the parent's size, which the child had at fork, before exec.
+_TORCH_WRAPPER = """
+import runpy, sys
+script, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    with open("/proc/self/status") as status:
+        print(*[l.strip() for l in status if l.startswith("VmHWM")])
+"""
+
+
+def run_torch(threads: int) -> tuple:
+    """(images/s, peak RSS in MiB or None) of one run of the PyTorch peer."""
     done = subprocess.run(
-        [sys.executable, FLAGS.torch_script, "--batch", str(FLAGS.batch), "--steps",
-         str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads)],
+        [sys.executable, "-c", _TORCH_WRAPPER, FLAGS.torch_script, "--batch", str(FLAGS.batch),
+         "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads)],
         capture_output=True, text=True, timeout=3600,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
         raise SystemExit(f"error: --torch_script={FLAGS.torch_script} failed: "
                          f"{done.stderr.strip()[-500:]}")
+    images_per_s = rss = None
     for line in done.stdout.splitlines():
         if line.startswith("images_per_s="):
-            return float(line.split("=", 1)[1])
-    raise SystemExit(f"error: --torch_script={FLAGS.torch_script} printed no images_per_s=")
+            images_per_s = float(line.split("=", 1)[1])
+        elif line.startswith("VmHWM:"):
+            rss = int(line.split()[1]) / 1024.0  # kB
+    if images_per_s is None:
+        raise SystemExit(f"error: --torch_script={FLAGS.torch_script} printed no images_per_s=")
+    return images_per_s, rss
 
 
 def main(argv):
@@ -135,10 +155,12 @@ def main(argv):
             bench.run()
     rss_after_warmup = common.peak_rss_mib()
 
-    ours_s, other_s, torch_ips = [], [], []
+    ours_s, other_s, torch_ips, torch_rss = [], [], [], []
     for round_index in range(FLAGS.rounds):
         if FLAGS.vs_torch:
-            torch_ips.append(run_torch(threads))
+            images_per_s, rss = run_torch(threads)
+            torch_ips.append(images_per_s)
+            torch_rss.append(rss or 0.0)
             print(f"round {round_index + 1}: torch {torch_ips[-1]:.2f} images/s", flush=True)
         ours_s.append(ours.seconds_per_step(FLAGS.steps))
         print(f"round {round_index + 1}: ours  {FLAGS.batch / ours_s[-1]:.2f} images/s "
@@ -171,8 +193,7 @@ def main(argv):
             f"{1000 * seconds:.1f} ms/step)")
     if FLAGS.vs_torch:
         torch_mean = sum(torch_ips) / len(torch_ips)
-        rows["torch peer"] = (f"{torch_mean:.2f} images/s (peak RSS "
-                              f"{common.peak_rss_mib(children=True):.0f} MiB)")
+        rows["torch peer"] = f"{torch_mean:.2f} images/s (peak RSS {max(torch_rss):.0f} MiB)"
         rows["ours / torch"] = f"{FLAGS.batch / seconds / torch_mean:.2f}x images/s"
     if FLAGS.breakdown:
         parts = ours.breakdown(FLAGS.steps)
