@@ -72,6 +72,7 @@ class EvalReport:
     pictures: Dict[str, str] = dataclasses.field(default_factory=dict)   # name -> PNG path
     notes: List[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    seconds_per_metric: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -186,7 +187,9 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
         fid_model = (features_lib.load_feature_model(config.fid) if _has_m(config.fid)
                      else feature_model or _feature_model(config.feature, record))
 
+    clock = _Clock(report.seconds_per_metric)
     if "reconstruction" in metrics:
+        clock.start("reconstruction")
         if info.is_image:
             report.metrics["pixel_mse"] = _mse_entry(
                 reconstruction.pixel_mse(reconstruct, split_images()),
@@ -201,6 +204,8 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                 "MSE of x vs G(mu(E(x))) in data units (ALI Fig. 8)")
 
     if "svm" in metrics:
+        clock.start("svm")
+
         def labelled(split):
             return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
                                          repeat=False, with_labels=True, drop_remainder=False)
@@ -219,6 +224,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                      f"mean ± std over {result.draws} draws")}
 
     if "fid" in metrics:
+        clock.start("fid")
         real = split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
         result = fid_lib.fid(
             fid_model, _generated_batches(generate, int(record["latent_dim"]),
@@ -233,6 +239,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                                 "it only with FIDs on the same network")
 
     if "inpainting" in metrics:
+        clock.start("inpainting")
         result = inpainting.evaluate(reconstruct, split_images(), float(record["mask_fill"]),
                                      seed=config.seed, feature_fn=feature_model)
         report.metrics["inpaint_pixel_mse"] = _mse_entry(
@@ -243,6 +250,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
 
     samples = None
     if "modes" in metrics or ("pictures" in metrics and not info.is_image):
+        clock.start("modes" if "modes" in metrics else "pictures")
         samples = np.concatenate(list(_generated_batches(
             generate, int(record["latent_dim"]), config.mode_samples, 1000, config.seed)))
     if "modes" in metrics:
@@ -256,6 +264,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
             "what": "share of samples within 3 std of their component's mean"}
 
     if "pictures" in metrics:
+        clock.start("pictures")
         if info.is_image:
             count = config.num_pictures
             test_images = _first_images(split_images(), 2 * max(count // 8, 1) + count // 2)
@@ -272,15 +281,34 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
             points, _ = data_lib.toy25_arrays(config.split)
             report.pictures = {"scatter": pictures.toy_scatter(samples, data_lib.TOY25_MEANS,
                                                                points[:5000])}
+    clock.stop()
     report.seconds = time.time() - started
     return report
+
+
+class _Clock:
+    """Wall seconds of consecutive phases, into `out` (name -> seconds)."""
+
+    def __init__(self, out: Dict[str, float]):
+        self.out, self.name, self.started = out, None, 0.0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self.name, self.started = name, time.time()
+
+    def stop(self) -> None:
+        if self.name is not None:
+            self.out[self.name] = self.out.get(self.name, 0.0) + time.time() - self.started
+            self.name = None
 
 
 def report_markdown(report: EvalReport) -> str:
     """The report as a Markdown table (metric, value, what it is)."""
     lines = [f"# Evaluation of {report.model_dir} at step {report.step}", "",
              f"checkpoint `{report.checkpoint}`, dataset {report.dataset}, split "
-             f"{report.split}, tuples `{report.tuples}`, {report.seconds:.0f} s", "",
+             f"{report.split}, tuples `{report.tuples}`, {report.seconds:.0f} s ("
+             + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds_per_metric.items())
+             + ")", "",
              "| metric | value | what |", "|---|---|---|"]
     for name, entry in report.metrics.items():
         lines.append(f"| {name} | {format_value(entry)} | {entry['what']} |")

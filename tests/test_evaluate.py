@@ -1,0 +1,170 @@
+"""The evaluation suite on real (tiny) runs, trainers.evaluate and trainers.experiment."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gali_tf import classifier, data, networks, training
+from gali_tf.evaluation import suite
+from gali_tf.evaluation.svm import SVMConfig
+from gali_tf.features import FeatureConfig
+from gali_tf.model import ConfigError, ModelConfig
+from trainers import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(model_dir, dataset, tuples, **network):
+    training.train(training.TrainConfig(
+        model_dir=str(model_dir),
+        data=data.DataConfig(dataset=dataset, image_size=8 if dataset == "digits" else None),
+        network=networks.NetworkConfig(**network),
+        model=ModelConfig(tuples=tuples, instance_noise=0.0), batch_size=50, steps=2,
+        verbose=0, jit_compile=False, image_every=0, checkpoint_every=2))
+    return str(model_dir)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("digits"), "digits", "gali4_mask",
+                  arch="small", latent_dim=3, width=4)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("toy"), "toy25", "ali", arch="mlp", latent_dim=2,
+                  mlp_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    export_dir = str(tmp_path_factory.mktemp("classifier") / "export")
+    classifier.train_classifier(classifier.ClassifierConfig(
+        data=data.DataConfig(dataset="digits", image_size=8), export_dir=export_dir,
+        epochs=1, batch_size=100, width=4, feature_dim=8, verbose=0))
+    return export_dir
+
+
+def _m(path, prefix="feature"):
+    return FeatureConfig(path, "features", flag_prefix=prefix)
+
+
+def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
+    config = suite.EvalConfig(feature=_m(digits_classifier), fid_samples=200,
+                              svm=SVMConfig(per_class=20, draws=2, validation_size=100),
+                              num_pictures=16)
+    report = suite.evaluate_run(digits_run, config)
+    assert report.step == 2 and report.dataset == "digits"
+    assert set(report.metrics) == {"pixel_mse", "feature_mse", "svm_error", "fid",
+                                   "inpaint_pixel_mse", "inpaint_feature_mse"}
+    assert 0.0 < report.metrics["pixel_mse"]["mean"] < 1.0
+    assert report.metrics["pixel_mse"]["n"] == data.DIGITS_NUM_TEST
+    assert 0.0 <= report.metrics["svm_error"]["mean"] <= 1.0
+    assert report.metrics["svm_error"]["draws"] == 2
+    assert report.metrics["fid"]["n"] == 200 and report.metrics["fid"]["num_real"] == 200
+    assert digits_classifier in report.metrics["fid"]["network"]
+    assert any("not InceptionV3" in note for note in report.notes)
+    assert set(report.pictures) == {"samples", "reconstructions", "interpolations"}
+
+    json_path, markdown_path = suite.write_report(report)
+    assert json_path == os.path.join(digits_run, "eval", "2.json")
+    with open(json_path) as f:
+        saved = json.load(f)
+    assert saved["metrics"]["fid"]["mean"] == pytest.approx(report.metrics["fid"]["mean"])
+    for path in saved["pictures"].values():
+        assert os.path.getsize(os.path.join(digits_run, "eval", path)) > 100
+    with open(markdown_path) as f:
+        markdown = f.read()
+    assert "| svm_error |" in markdown and "![interpolations](2/interpolations.png)" in markdown
+    assert any(name.startswith("events.out.tfevents")
+               for name in os.listdir(os.path.join(digits_run, "eval")))
+    assert not [n for n in os.listdir(os.path.join(digits_run, "eval")) if n.endswith(".tmp")]
+
+
+def test_fid_network_defaults_to_the_feature_model(digits_run, digits_classifier):
+    report = suite.evaluate_run(digits_run, suite.EvalConfig(
+        metrics=("fid",), fid=_m(digits_classifier, "fid"), fid_samples=100))
+    assert set(report.metrics) == {"fid"} and "--fid_model=" in report.metrics["fid"]["network"]
+
+
+def test_toy_report_counts_modes_and_draws_the_scatter(toy_run):
+    report = suite.evaluate_run(toy_run, suite.EvalConfig(mode_samples=2000))
+    assert set(report.metrics) == {"point_mse", "modes_covered", "within_3std"}
+    assert 1 <= report.metrics["modes_covered"]["mean"] <= 25
+    assert sum(report.metrics["modes_covered"]["counts"]) == 2000
+    assert set(report.pictures) == {"scatter"}
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    (("svm",), "--metrics=svm: --dataset=toy25 has no class labels"),
+    (("fid",), "--metrics=fid: toy data are 2-d points"),
+    (("inpainting",), "--metrics=inpainting: --tuples=ali has no masked encoder inputs"),
+    (("bleu",), "--metrics=bleu: unknown bleu"),
+])
+def test_metrics_that_do_not_apply_are_one_line_errors(toy_run, metrics, expected):
+    with pytest.raises(ConfigError) as info:
+        suite.evaluate_run(toy_run, suite.EvalConfig(metrics=metrics))
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_modes_need_the_toy_and_fid_needs_a_network(digits_run):
+    for metrics, expected in ((("modes",), "--metrics=modes: mode coverage needs"),
+                              (("fid",), "--metrics=fid: no FID network: give --fid_model")):
+        with pytest.raises(ConfigError, match=expected):
+            suite.evaluate_run(digits_run, suite.EvalConfig(metrics=metrics))
+
+
+def test_evaluate_tool_bad_fid_model_is_one_line_and_writes_nothing(digits_run, tmp_path):
+    before = sorted(os.listdir(digits_run))
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.evaluate", f"--model_dir={digits_run}",
+         "--metrics=fid", f"--fid_model={tmp_path}/missing"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --fid_model={tmp_path}/missing"), last
+    assert sorted(os.listdir(digits_run)) == before
+
+
+def test_parse_variants_checks_names_and_files(tmp_path):
+    flagfile = tmp_path / "a.flags"
+    flagfile.write_text("--tuples=ali\n")
+    assert experiment.parse_variants([f"A:{flagfile}"]) == [("A", str(flagfile))]
+    for items, expected in (([f"{flagfile}"], "expected NAME:FLAGFILE"),
+                            ([f"A:{tmp_path}/none.flags"], "no flagfile"),
+                            ([f"A:{flagfile}", f"A:{flagfile}"], "names repeat"),
+                            ([], "at least one")):
+        with pytest.raises(experiment.ExperimentError, match=expected):
+            experiment.parse_variants(items)
+
+
+def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
+    config = tmp_path / "toy.flags"
+    config.write_text(
+        "--variants=ALI:configs/toy25_ali.flags\n--seeds=1\n--steps=2\n"
+        "--train_flags=--verbose=0,--mlp_hidden=8,--jit_compile=false\n"
+        "--metrics=modes\n--eval_flags=--mode_samples=500\n--title=tiny toy\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "trainers.experiment", f"--config={config}", f"--out={out}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    assert "## tiny toy" in table and f"--config={config}" in table
+    assert "| ALI | 1 |" in table and "modes covered (of 25)" in table
+    with open(out / "table.json") as f:
+        result = json.load(f)
+    report = json.loads((out / "ALI" / "seed_0" / "eval" / "2.json").read_text())
+    assert result["table"]["ALI"]["modes_covered"]["values"] == \
+        [report["metrics"]["modes_covered"]["mean"]]
+    assert "--seed=0" in (out / "ALI" / "seed_0" / "train.log").read_text().splitlines()[0]
+
+
+def test_a_failed_step_of_an_experiment_is_one_line(tmp_path):
+    failing = [sys.executable, "-c", "print('noise'); print('error: --tuples=x: bad'); exit(2)"]
+    with pytest.raises(experiment.ExperimentError) as info:
+        experiment._run(failing, str(tmp_path / "log"), "X seed 0 training")
+    assert str(info.value) == "X seed 0 training failed (exit 2): error: --tuples=x: bad"
+    assert "noise" in (tmp_path / "log").read_text()

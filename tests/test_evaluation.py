@@ -1,0 +1,218 @@
+"""The evaluation metrics against cases with known answers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gali_tf import data
+from gali_tf.evaluation import fid, modes, pictures, reconstruction, svm, tables
+
+
+def _image_batches(n=3, shape=(4, 6, 6, 1)):
+    return [tf.random.stateless_uniform(shape, [i, 1], -1, 1) for i in range(n)]
+
+
+# ------------------------------------------------------------------- reconstruction
+
+
+def test_pixel_mse_of_identical_images_is_zero():
+    result = reconstruction.pixel_mse(lambda x: x, _image_batches())
+    assert result.mean == 0.0 and result.std == 0.0 and result.num_examples == 12
+
+
+def test_point_mse_is_in_data_units():
+    points = [tf.constant([[3.0, -4.0], [1.0, 1.0]])]
+    result = reconstruction.point_mse(lambda x: tf.zeros_like(x), points)
+    assert result.mean == pytest.approx((9 + 16 + 1 + 1) / 4)   # no [0, 1] clipping
+
+
+# ------------------------------------------------------------------------------- FID
+
+
+def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
+    # Diagonal covariances: FID = ||m1 - m2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2)).
+    m1, m2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 1.0])
+    expected = np.sum((m1 - m2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert fid.frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(expected)
+
+
+def test_frechet_distance_with_full_covariances_matches_scipy_free_formula():
+    # Same covariance, shifted mean: the trace terms cancel exactly.
+    rng = np.random.RandomState(0)
+    a = rng.randn(4, 4)
+    sigma = a @ a.T + np.eye(4)
+    assert fid.frechet_distance(np.zeros(4), sigma, np.full(4, 2.0), sigma) == pytest.approx(16.0)
+
+
+def test_fid_of_sampled_gaussians_approaches_the_closed_form():
+    rng = np.random.RandomState(1)
+    real = rng.randn(20000, 2) * [1.0, 2.0]
+    generated = rng.randn(20000, 2) * [2.0, 2.0] + [3.0, 0.0]
+    value = fid.frechet_distance(*fid.feature_statistics(real),
+                                 *fid.feature_statistics(generated))
+    assert value == pytest.approx(9.0 + (1 + 4 - 2 * 2) + 0.0, abs=0.2)
+
+
+def test_fid_of_identical_image_streams_is_zero_and_names_the_network():
+    batches = _image_batches(n=8, shape=(16, 2, 2, 1))
+    result = fid.fid(lambda x: tf.reshape(x, [x.shape[0], -1]), batches, batches, "flatten")
+    assert abs(result.value) < 1e-6
+    assert result.num_generated == result.num_real == 128 and result.network == "flatten"
+
+
+def test_fid_with_fewer_samples_than_features_is_finite():
+    rng = np.random.RandomState(2)
+    a, b = rng.randn(5, 16), rng.randn(5, 16) + 1.0
+    value = fid.frechet_distance(*fid.feature_statistics(a), *fid.feature_statistics(b))
+    assert np.isfinite(value) and value > 0
+
+
+# ------------------------------------------------------------------------------- SVM
+
+
+def _separable(num_per_class, classes=3, dim=6, seed=0):
+    rng = np.random.RandomState(seed)
+    labels = np.repeat(np.arange(classes), num_per_class)
+    features = rng.randn(len(labels), dim) * 0.1
+    features[np.arange(len(labels)), labels] += 5.0    # class k lights up feature k
+    return features.astype(np.float32), labels
+
+
+def test_svm_on_separable_features_makes_no_error():
+    train_x, train_y = _separable(40)
+    test_x, test_y = _separable(20, seed=1)
+    result = svm.svm_protocol(train_x, train_y, test_x, test_y,
+                              svm.SVMConfig(per_class=10, draws=3, validation_size=30))
+    assert result.mean_error == 0.0 and result.std_error == 0.0
+    assert result.draws == 3 and len(result.chosen_c) == 3 and result.num_test == 60
+
+
+def test_svm_on_random_labels_is_near_chance():
+    rng = np.random.RandomState(3)
+    train_x, test_x = rng.randn(300, 5), rng.randn(300, 5)
+    train_y, test_y = rng.randint(3, size=300), rng.randint(3, size=300)
+    result = svm.svm_protocol(train_x, train_y, test_x, test_y,
+                              svm.SVMConfig(per_class=20, draws=2, validation_size=60))
+    assert 0.5 < result.mean_error < 0.8
+
+
+def test_validation_set_is_held_out_of_every_draw_and_seeded():
+    labels = np.repeat(np.arange(4), 30)
+    rng = np.random.RandomState(0)
+    validation = svm.validation_indices(labels, per_class=10, validation_size=40, rng=rng)
+    assert len(validation) == 40 and np.bincount(labels[validation]).tolist() == [10] * 4
+    pool = np.setdiff1d(np.arange(len(labels)), validation)
+    labelled = svm.draw_labelled(labels, pool, 10, rng)
+    assert not set(labelled) & set(validation)
+    assert np.bincount(labels[labelled]).tolist() == [10] * 4
+    again = svm.validation_indices(labels, 10, 40, np.random.RandomState(0))
+    np.testing.assert_array_equal(validation, again)
+
+
+def test_validation_leaves_enough_examples_for_the_draws():
+    labels = np.repeat(np.arange(2), 12)
+    validation = svm.validation_indices(labels, per_class=10, validation_size=1000,
+                                        rng=np.random.RandomState(0))
+    assert np.bincount(labels[validation]).tolist() == [2, 2]
+
+
+def test_svm_needs_enough_examples_per_class():
+    labels = np.array([0] * 50 + [1] * 5)
+    with pytest.raises(ValueError, match=r"--svm_per_class=10: class 1 has only 5"):
+        svm.svm_protocol(np.zeros((55, 2)), labels, np.zeros((2, 2)), np.array([0, 1]),
+                         svm.SVMConfig(per_class=10, draws=1))
+
+
+def test_span_projection_solves_the_same_svm_as_the_full_space():
+    from sklearn.svm import LinearSVC
+    rng = np.random.RandomState(4)
+    x, y = rng.randn(30, 80), rng.randint(3, size=30)     # fewer examples than dimensions
+    x_test = rng.randn(50, 80)
+    project = svm._LabelledSpan(x)
+    full = project._augment
+    options = dict(C=0.1, dual=True, fit_intercept=False, tol=1e-8, max_iter=100000)
+    in_full = LinearSVC(**options).fit(full(x), y).decision_function(full(x_test))
+    in_span = LinearSVC(**options).fit(project(x), y).decision_function(project(x_test))
+    np.testing.assert_allclose(in_span, in_full, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_a_generator_of_the_25_means_covers_25_modes():
+    samples = np.repeat(data.TOY25_MEANS, 4, axis=0)
+    result = modes.mode_coverage(samples, data.TOY25_MEANS, data.TOY25_STD)
+    assert result.modes_covered == 25 and result.within_3std == 1.0
+    assert result.counts == (4,) * 25
+
+
+def test_a_generator_of_one_mean_covers_one_mode():
+    samples = np.tile(data.TOY25_MEANS[7], (100, 1))
+    result = modes.mode_coverage(samples, data.TOY25_MEANS, data.TOY25_STD)
+    assert result.modes_covered == 1 and result.counts[7] == 100
+
+
+def test_samples_between_modes_count_for_the_nearest_but_not_as_within_3std():
+    means = data.TOY25_MEANS
+    samples = means[:2] * 0.5 + means[1:3] * 0.5 + [[0.3, 0.0], [0.0, 0.3]]
+    result = modes.mode_coverage(samples, means, data.TOY25_STD)
+    assert result.modes_covered >= 1 and result.within_3std == 0.0
+
+
+def test_responsibilities_are_a_distribution():
+    r = modes.responsibilities(np.array([[0.0, 0.0], [100.0, 100.0]]), data.TOY25_MEANS, 0.05)
+    np.testing.assert_allclose(r.sum(axis=1), 1.0)
+    assert r[0].argmax() == 12           # (0, 0) is the centre of the grid
+
+
+# -------------------------------------------------------------------------- pictures
+
+
+def test_interpolation_rows_start_and_end_at_the_real_images():
+    starts = -tf.ones([2, 4, 4, 1])
+    ends = tf.ones([2, 4, 4, 1])
+    grid = pictures.interpolation_grid(lambda x: tf.reduce_mean(x, [1, 2]),
+                                       lambda z: tf.ones([z.shape[0], 4, 4, 1]) * z[:, None, None],
+                                       starts, ends, steps=5)
+    assert grid.shape == (1, 8, 7 * 4, 1)
+    row = grid[0, :4, :, 0].numpy()
+    assert row[:, :4].max() == 0.0 and row[:, -4:].min() == 1.0      # real ends
+    np.testing.assert_allclose(row[0, 4::4][:5], [0.0, 0.25, 0.5, 0.75, 1.0])  # the path
+
+
+def test_interpolate_latents_includes_both_ends():
+    path = pictures.interpolate_latents(tf.zeros([1, 2]), tf.ones([1, 2]), 3)
+    np.testing.assert_allclose(path.numpy()[0], [[0, 0], [0.5, 0.5], [1, 1]])
+
+
+def test_toy_scatter_marks_means_and_samples():
+    image = pictures.toy_scatter(np.array([[1.0, 1.0]]), data.TOY25_MEANS, size=121, extent=6.0)
+    assert image.shape == (1, 121, 121, 3)
+    pixels = image[0].numpy()
+    np.testing.assert_allclose(pixels[60, 60], (0.9, 0.1, 0.1))    # the mean at (0, 0)
+    np.testing.assert_allclose(pixels[50, 70], (0.1, 0.3, 0.9))    # the sample at (1, 1)
+    np.testing.assert_allclose(pixels[5, 5], (1.0, 1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _report(**metrics):
+    return {"metrics": {name: {"mean": value} for name, value in metrics.items()}}
+
+
+def test_comparison_table_has_mean_and_std_over_seeds():
+    table = tables.comparison_table({
+        "ALI": [_report(pixel_mse=0.1, svm_error=0.2), _report(pixel_mse=0.3, svm_error=0.4)],
+        "GALI-4": [_report(pixel_mse=0.05, svm_error=0.1)],
+    })
+    lines = table.strip().splitlines()
+    assert lines[0] == "| variant | seeds | pixel MSE ↓ | SVM error % ↓ |"
+    assert lines[2] == "| ALI | 2 | 0.2000 ± 0.1000 | 30.0 ± 10.0 |"
+    assert lines[3] == "| GALI-4 | 1 | 0.0500 ± 0.0000 | 10.0 ± 0.0 |"
+
+
+def test_table_json_keeps_the_unrounded_values():
+    out = tables.table_json({"ALI": [_report(modes_covered=20), _report(modes_covered=24)]})
+    assert out["ALI"]["modes_covered"] == {"mean": 22.0, "std": 2.0, "values": [20.0, 24.0]}
