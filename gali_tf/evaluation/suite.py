@@ -174,8 +174,8 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     generate = tf.function(lambda z: generator(z, training=False))
     reconstruct = tf.function(lambda x: generator(encoder(x, training=False)[0], training=False))
 
-    def split_images(split=config.split):
-        return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
+    def split_images():
+        return data_lib.make_dataset(data_config, config.split, config.batch_size, shuffle=False,
                                      repeat=False, drop_remainder=False)
 
     # Every M is loaded (and its flags checked) before the first metric runs.
