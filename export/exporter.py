@@ -256,6 +256,9 @@ def export_networks(run: training.RestoredRun, export_dir: str, overwrite: bool 
                     flags_text: Optional[str] = None) -> str:
     """Exports restored networks to `export_dir/<run.step>/`, atomically; returns it."""
     _check_export_dir(export_dir)
+    if run.conditional:
+        raise ConfigError("a conditional run's E and G take the label y, which the exported "
+                          "signatures do not have yet; use trainers.generate on the run")
     final = os.path.join(export_dir, str(run.step))
     if tf.io.gfile.exists(final) and not overwrite:
         raise ConfigError(f"--export_dir={export_dir}: version {run.step} already exists "

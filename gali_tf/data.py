@@ -458,3 +458,126 @@ def make_dataset(
 def steps_per_epoch(info: DatasetInfo, batch_size: int, group: int = 1) -> int:
     """Train steps per pass over the train split (at least 1)."""
     return max(1, info.num_train // (batch_size * group))
+
+
+# ------------------------------------------------- labels: conditioning, semi-supervision
+
+
+# Datasets whose labels are binary attributes (CelebA's 40); the others have one class.
+MULTI_LABEL_DATASETS = ("celeb_a",)
+
+
+def is_multi_label(info: DatasetInfo) -> bool:
+    return info.name in MULTI_LABEL_DATASETS
+
+
+def _check_labelled(info: DatasetInfo, flag: str) -> None:
+    if not info.num_classes or info.name == "folder":
+        raise DataError(f"{flag} needs a labelled dataset, --dataset={info.name} has no labels")
+
+
+def condition_vector(labels: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+    """The conditioning variable y of conditional ALI: the one-hot class ([..., K]), or
+    CelebA's 40 attributes as 0/1 floats."""
+    _check_labelled(info, "--conditional")
+    if is_multi_label(info):
+        return tf.cast(labels, tf.float32)
+    return tf.one_hot(tf.cast(labels, tf.int32), info.num_classes, dtype=tf.float32)
+
+
+def make_conditional_dataset(cfg: DataConfig, info: DatasetInfo, split: str, batch_size: int,
+                             **kwargs) -> tf.data.Dataset:
+    """`make_dataset` with labels turned into conditioning vectors: (images, y) batches."""
+    _check_labelled(info, "--conditional")
+    ds = make_dataset(cfg, split, batch_size, with_labels=True, **kwargs)
+    return ds.map(lambda x, labels: (x, condition_vector(labels, info)))
+
+
+def train_labels(cfg: DataConfig) -> np.ndarray:
+    """int32 labels of the train split in source order (the order of an unshuffled
+    `make_dataset`), read without decoding images."""
+    if cfg.dataset == "digits":
+        return _digits_arrays("train", _image_shape(cfg))[1]
+    if cfg.dataset == "toy25":
+        return toy25_arrays("train")[1]
+    if cfg.dataset not in _TFDS:
+        raise DataError(f"--dataset={cfg.dataset} has no labels")
+    builder = _tfds_builder(cfg)
+    ds = builder.as_dataset(split="train", shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(_TFDS[cfg.dataset].label).batch(10_000)
+    return np.concatenate([b.numpy() for b in ds]).astype(np.int32)
+
+
+def labeled_subset(labels: np.ndarray, num_labeled: int, num_classes: int,
+                   seed: int = 0) -> np.ndarray:
+    """Sorted indices of a class-balanced labelled subset: num_labeled / num_classes
+    examples of each class, drawn without replacement by RandomState(seed)."""
+    labels = np.asarray(labels)
+    if num_labeled < num_classes or num_labeled % num_classes:
+        raise DataError(f"--num_labeled={num_labeled}: expected a positive multiple of the "
+                        f"{num_classes} classes (a balanced subset)")
+    if num_labeled > len(labels):
+        raise DataError(f"--num_labeled={num_labeled}: larger than the train split "
+                        f"({len(labels)} examples)")
+    per_class = num_labeled // num_classes
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for k in range(num_classes):
+        members = np.flatnonzero(labels == k)
+        if len(members) < per_class:
+            raise DataError(f"--num_labeled={num_labeled}: class {k} has only {len(members)} "
+                            f"train examples, {per_class} needed")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def make_semi_supervised_dataset(cfg: DataConfig, info: DatasetInfo, batch_size: int,
+                                 num_labeled: int, labeled_seed: int = 0, *, seed: int = 0,
+                                 group: int = 1) -> tf.data.Dataset:
+    """Endless (images, labels) train batches for semi-supervised ALI (ALI 4.3).
+
+    Each batch interleaves batch_size // 2 examples of the labelled subset
+    (`labeled_subset(..., labeled_seed)`, reshuffled each pass) with unlabelled ones
+    from the whole train split, whose label is -1. As in Salimans et al. (2016),
+    the few labelled examples are seen every few steps rather than once per epoch.
+    With group > 1: ([batch, group, ...], [batch, group]).
+    """
+    _check_labelled(info, "--num_labeled")
+    if is_multi_label(info):
+        raise DataError(f"--num_labeled: --dataset={info.name} has multi-label attributes, "
+                        "semi-supervised ALI needs one class per example")
+    subset = labeled_subset(train_labels(cfg), num_labeled, info.num_classes, labeled_seed)
+    num_lab = batch_size // 2
+    num_unl = batch_size - num_lab
+    if num_lab < 1:
+        raise DataError(f"--batch_size={batch_size}: semi-supervised batches need at least 2")
+    keep = np.zeros(info.num_train, bool)
+    keep[subset] = True
+    keep = tf.constant(keep)
+
+    ds, preprocess = _SOURCE[cfg.dataset](cfg, "train", seed, False, True)
+    labelled = ds.enumerate().filter(lambda i, _: tf.gather(keep, i)).map(lambda _, e: e)
+    if preprocess is not None:
+        labelled = labelled.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    labelled = labelled.cache().shuffle(len(subset), seed=seed,
+                                        reshuffle_each_iteration=True).repeat()
+    unlabelled = make_dataset(cfg, "train", 1, shuffle=True, repeat=True, seed=seed,
+                              with_labels=True).unbatch()
+    unlabelled = unlabelled.map(lambda x, y: (x, tf.fill(tf.shape(y), -1)))
+
+    def batched(part, size):
+        if group > 1:
+            part = part.batch(group, drop_remainder=True)
+        return part.batch(size, drop_remainder=True)
+
+    # Interleave labelled and unlabelled rows, so each replica of a strategy gets both.
+    order = tf.constant(np.argsort(np.concatenate([2 * np.arange(num_unl),
+                                                   2 * np.arange(num_lab) + 1]),
+                                   kind="stable"))
+
+    def merge(unl, lab):
+        return tuple(tf.gather(tf.concat([u, l], axis=0), order) for u, l in zip(unl, lab))
+
+    ds = tf.data.Dataset.zip(batched(unlabelled, num_unl), batched(labelled, num_lab))
+    return ds.map(merge).prefetch(tf.data.AUTOTUNE)

@@ -47,6 +47,12 @@ class ModelConfig:
     feature_signature: str = "serving_default"
     feature_image_size: int = 0           # M's input size when not inferable (0 = inferred)
     mixed_precision: str = "float32"      # a PRECISION_POLICIES name (Keras dtype policy)
+    # Conditional ALI (ALI 4.4): E(x, y), G(z, y), D(..., y) with the data label y.
+    conditional: bool = False
+    # Semi-supervised ALI (ALI 4.3): > 0 labelled training examples (balanced per
+    # class, chosen with labeled_seed); D gets K label classes for the data tuple.
+    num_labeled: int = 0
+    labeled_seed: int = 0
 
 
 class ConfigError(ValueError):
@@ -80,6 +86,15 @@ def check_model_config(config: ModelConfig,
                           f"{', '.join(PRECISION_POLICIES)}")
     if not -1.0 <= config.mask_fill <= 1.0:
         raise ConfigError(f"--mask_fill={config.mask_fill}: expected a value in [-1, 1]")
+    if config.num_labeled < 0:
+        raise ConfigError(f"--num_labeled={config.num_labeled}: expected >= 0 (0 = unsupervised)")
+    if config.num_labeled and config.conditional:
+        raise ConfigError("--conditional and --num_labeled exclude each other (a conditional "
+                          "model observes every label; semi-supervised D predicts them)")
+    if config.num_labeled and not any(n.name == "x" for n in tuple_set.classes[0]):
+        raise ConfigError(f"--num_labeled needs a tuple set whose first class is the data "
+                          f"tuple, e.g. (x, E(x)); --tuples={config.tuples!r} starts with "
+                          f"({', '.join(n.name for n in tuple_set.classes[0])})")
     if "M" in tuple_set.operator_families() and not has_feature_model:
         raise ConfigError(f"--tuples={config.tuples!r}: M(...) needs a pretrained feature "
                           "model: set --feature_model (a SavedModel directory or "
@@ -94,6 +109,13 @@ def check_model_config(config: ModelConfig,
             raise ConfigError(f"--tuples={config.tuples!r}: {node.name} may only appear as an "
                               f"encoder input, as in E({node.name})")
     return tuple_set
+
+
+def discriminator_outputs(tuple_set: tuples.TupleSet, label_classes: int = 0) -> int:
+    """D's outputs: one per tuple class, or K + n - 1 when semi-supervised D splits
+    the data class into K label classes."""
+    n = tuple_set.num_classes
+    return n + int(label_classes) - 1 if label_classes else n
 
 
 def instance_noise_std(config: ModelConfig, progress: tf.Tensor) -> tf.Tensor:
@@ -184,7 +206,8 @@ class GALIModel(keras.Model):
             self.encoder = networks.build_encoder(network_config)
             self.generator = networks.build_generator(network_config)
             self.discriminator = networks.build_discriminator(
-                network_config, self.tuple_set.slot_kinds, self.tuple_set.num_classes)
+                network_config, self.tuple_set.slot_kinds,
+                discriminator_outputs(self.tuple_set, network_config.label_classes))
         # Two Adam optimizers, one per side of the game (DESIGN.md: build both in
         # the strategy scope before fit, or their state is not mirrored/restored).
         self.d_adam = keras.optimizers.Adam(config.learning_rate, config.beta_1,
@@ -204,6 +227,9 @@ class GALIModel(keras.Model):
             self._trackers["l2"] = keras.metrics.Mean(name="l2")
         for c in range(self.tuple_set.num_classes):
             self._trackers[f"p{c + 1}"] = keras.metrics.Mean(name=f"p{c + 1}")
+        if self.label_classes:
+            # D's K-way accuracy on this step's labelled real pairs.
+            self._trackers["label_acc"] = keras.metrics.Mean(name="label_acc")
 
     # ------------------------------------------------------------------ building
 
@@ -212,11 +238,13 @@ class GALIModel(keras.Model):
         example_shape = tuple(self.network_config.example_shape)
         x = tf.zeros((2, *example_shape))
         z = tf.zeros((2, self.network_config.latent_dim))
-        self.encoder(x)
-        self.generator(z)
+        condition = (tf.zeros((2, self.condition_dim)) if self.condition_dim else None)
+        self.encoder(x, condition=condition)
+        self.generator(z, condition=condition)
         y = tf.zeros((2, max(int(self.network_config.feature_dim), 1)))
         self.discriminator([{tuples.IMAGE: x, tuples.LATENT: z, tuples.FEATURE: y}[k]
-                            for k in self.tuple_set.slot_kinds], training=True)
+                            for k in self.tuple_set.slot_kinds]
+                           + ([condition] if condition is not None else []), training=True)
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator_encoder_variables)
         self.built = True
@@ -224,6 +252,16 @@ class GALIModel(keras.Model):
     @property
     def generator_encoder_variables(self) -> List[tf.Variable]:
         return self.encoder.trainable_variables + self.generator.trainable_variables
+
+    @property
+    def condition_dim(self) -> int:
+        """Size of y for conditional ALI (0: unconditional)."""
+        return int(self.network_config.condition_dim)
+
+    @property
+    def label_classes(self) -> int:
+        """K of semi-supervised D (0: unsupervised)."""
+        return int(self.network_config.label_classes)
 
     @property
     def feature_model(self):
@@ -241,15 +279,22 @@ class GALIModel(keras.Model):
 
     # ------------------------------------------------------------ chain and noise
 
-    def encode_sample(self, x, noise: StepNoise | None = None, training: bool = False):
+    def encode_sample(self, x, noise: StepNoise | None = None, training: bool = False,
+                      condition=None):
         """E(x): z = mu + exp(log_sigma) * eps, or mu when noise is None or E is deterministic."""
-        mu, log_sigma = self.encoder(x, training=training)
+        mu, log_sigma = self.encoder(x, training=training, condition=condition)
         mu = tf.cast(mu, tf.float32)   # latent nodes are float32 under mixed precision
         if noise is None or log_sigma is None:
             return mu
         return mu + tf.exp(tf.cast(log_sigma, tf.float32)) * noise.normal(mu.shape)
 
-    def _operators(self, noise: StepNoise, training: bool) -> Dict[str, tuples.Operator]:
+    def _operators(self, noise: StepNoise, training: bool,
+                   condition=None) -> Dict[str, tuples.Operator]:
+        # Conditional ALI: every node of example i, in both chains, is computed with
+        # y_i, the label of the batch's i-th data example. For the z-chain that is a
+        # draw from the training label distribution p(y), independent of z_i (eq. 7),
+        # and each D class then carries the same multiset of y, so y alone tells D
+        # nothing about the class (the official ALI code feeds D [y, y] likewise).
         def mask_sample(ev, index, like):
             # One mask per index per chain evaluation, whatever image it is applied to.
             key = f"mask{index}"
@@ -268,19 +313,22 @@ class GALIModel(keras.Model):
             return masks.mix(ev.value(node.arg), ev.memo[f"mask{node.index}"], filler)
 
         return {
-            "E": lambda ev, node: self.encode_sample(ev.value(node.arg), noise, training),
-            "G": lambda ev, node: tf.cast(self.generator(ev.value(node.arg), training=training),
-                                          tf.float32),
+            "E": lambda ev, node: self.encode_sample(ev.value(node.arg), noise, training,
+                                                     condition),
+            "G": lambda ev, node: tf.cast(self.generator(ev.value(node.arg), training=training,
+                                                         condition=condition), tf.float32),
             "mask": mask,
             "mix": mix,
             # Frozen M: inference mode, no weight updates, but gradients reach its input.
             "M": lambda ev, node: self.feature_model(ev.value(node.arg)),
         }
 
-    def chain_values(self, x, noise: StepNoise, training: bool = True) -> Dict[str, tf.Tensor]:
+    def chain_values(self, x, noise: StepNoise, training: bool = True,
+                     condition=None) -> Dict[str, tf.Tensor]:
         """Every node of the tuple set (and its L2 terms), each computed once."""
         z = noise.normal([x.shape[0], self.network_config.latent_dim])
-        evaluator = tuples.ChainEvaluator(self._operators(noise, training), {"x": x, "z": z})
+        evaluator = tuples.ChainEvaluator(self._operators(noise, training, condition),
+                                          {"x": x, "z": z})
         for node in self.tuple_set.required_nodes():
             evaluator.value(node)
         return evaluator.memo
@@ -301,28 +349,40 @@ class GALIModel(keras.Model):
 
     # ------------------------------------------------------------------ training
 
-    def _discriminator_step(self, values, noise: StepNoise, std):
-        """One Adam step on D's n-way cross-entropy (GALI eq. 3)."""
+    def _discriminator_step(self, values, noise: StepNoise, std, condition=None, labels=None):
+        """One Adam step on D's n-way cross-entropy (GALI eq. 3), or on the K + n - 1
+        way semi-supervised loss when D has label classes (ALI 4.3)."""
         values = {name: tf.stop_gradient(v) for name, v in values.items()}
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                                 self._discriminator_inputs(values, noise, std)),
+                                                 self._discriminator_inputs(values, noise, std),
+                                                 condition=condition),
                              tf.float32)
-            per_example = objectives.discriminator_loss(logits)
+            if self.label_classes:
+                per_example = objectives.semi_supervised_discriminator_loss(
+                    logits, labels, self.label_classes)
+            else:
+                per_example = objectives.discriminator_loss(logits)
             loss = objectives.reduce_loss(per_example, self.global_batch_size)
             # Identity unless loss scaling (mixed_float16); apply_gradients unscales.
             scaled = self.d_optimizer.scale_loss(loss)
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         return per_example, logits
 
-    def _generator_step(self, tape: tf.GradientTape, values, noise: StepNoise, std):
+    def _generator_step(self, tape: tf.GradientTape, values, noise: StepNoise, std,
+                        condition=None):
         """One Adam step on E and G against the updated D (fresh forward pass)."""
         with tape:
             logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                                 self._discriminator_inputs(values, noise, std)),
+                                                 self._discriminator_inputs(values, noise, std),
+                                                 condition=condition),
                              tf.float32)
-            per_example = objectives.generator_loss(self.config.generator_loss, logits)
+            if self.label_classes:
+                per_example = objectives.semi_supervised_generator_loss(
+                    self.config.generator_loss, logits, self.label_classes)
+            else:
+                per_example = objectives.generator_loss(self.config.generator_loss, logits)
             l2 = tf.zeros_like(per_example)
             for target, reconstruction in self.tuple_set.reconstruction_pairs:
                 l2 += objectives.l2_reconstruction_loss(values[target.name],
@@ -335,21 +395,38 @@ class GALIModel(keras.Model):
         return per_example, l2
 
     def train_step(self, data):
-        # data: [batch, n_dis, ...] when n_dis > 1 (one real batch per D step), else [batch, ...].
+        # data: [batch, n_dis, ...] when n_dis > 1 (one real batch per D step), else [batch, ...];
+        # conditional: (images, y float [batch, (n_dis,) condition_dim]); semi-supervised:
+        # (images, labels int [batch, (n_dis)], -1 = unlabelled).
         n_dis = self.config.n_dis
-        batches = [data[:, k] for k in range(n_dis)] if n_dis > 1 else [data]
+        images, side = data if isinstance(data, (tuple, list)) else (data, None)
+        batches = [images[:, k] for k in range(n_dis)] if n_dis > 1 else [images]
+        sides = ([side[:, k] for k in range(n_dis)] if n_dis > 1 else [side]) \
+            if side is not None else [None] * n_dis
+        if (self.condition_dim or self.label_classes) and side is None:
+            raise ValueError("a conditional or semi-supervised model trains on (images, labels) "
+                             "batches")
+        conditions = sides if self.condition_dim else [None] * n_dis
+        labels = sides if self.label_classes else [None] * n_dis
         noise = StepNoise(self.config.seed, self.step)
         std = self._noise_std()
-        for x in batches[:-1]:
+        for x, condition, label in zip(batches[:-1], conditions[:-1], labels[:-1]):
             d_loss, d_logits = self._discriminator_step(
-                self.chain_values(x, noise), noise, std)
+                self.chain_values(x, noise, condition=condition), noise, std, condition, label)
         # The last D step and the E/G step share one computation of the chain:
         # D trains on it (gradients stopped), then E/G take gradients through it.
         tape = tf.GradientTape()
         with tape:
-            values = self.chain_values(batches[-1], noise)
-        d_loss, d_logits = self._discriminator_step(values, noise, std)
-        g_loss, l2 = self._generator_step(tape, values, noise, std)
+            values = self.chain_values(batches[-1], noise, condition=conditions[-1])
+        d_loss, d_logits = self._discriminator_step(values, noise, std, conditions[-1],
+                                                    labels[-1])
+        g_loss, l2 = self._generator_step(tape, values, noise, std, conditions[-1])
+        if self.label_classes:
+            labelled = tf.cast(labels[-1] >= 0, tf.float32)
+            correct = tf.cast(tf.equal(objectives.label_predictions(d_logits[0], self.label_classes),
+                                       tf.cast(labels[-1], tf.int32)), tf.float32)
+            self._trackers["label_acc"].update_state(correct, sample_weight=labelled)
+            d_logits = objectives.merge_label_logits(d_logits, self.label_classes)
 
         self._trackers["d_loss"].update_state(d_loss)
         self._trackers["g_loss"].update_state(g_loss)
@@ -371,12 +448,13 @@ class GALIModel(keras.Model):
         """Reconstruction G(mu(E(x))) (the evaluation path: z = mu)."""
         return self.reconstruct(x, training=training)
 
-    def reconstruct(self, x, training=False):
-        return tf.cast(self.generator(self.encode_sample(x, training=training),
-                                      training=training), tf.float32)
+    def reconstruct(self, x, training=False, condition=None):
+        """G(mu(E(x))); conditional models take y as `condition` in both."""
+        z = self.encode_sample(x, training=training, condition=condition)
+        return tf.cast(self.generator(z, training=training, condition=condition), tf.float32)
 
-    def generate(self, z, training=False):
-        return tf.cast(self.generator(z, training=training), tf.float32)
+    def generate(self, z, training=False, condition=None):
+        return tf.cast(self.generator(z, training=training, condition=condition), tf.float32)
 
     def prior_sample(self, n: int, seed: int = 0) -> tf.Tensor:
         return tf.random.stateless_normal([n, self.network_config.latent_dim], [seed, 0])

@@ -48,6 +48,14 @@ class NetworkConfig:
     synchronized_bn: bool = False
     # > 0: D gets a D_y MLP trunk for feature vectors of this size (GALI-PT).
     feature_dim: int = 0
+    # > 0: conditional ALI (ALI 4.4): a fully observed y of this size (one-hot class,
+    # CelebA's 40 attributes) is embedded linearly into `condition_embedding` units in
+    # each of E (next to its last hidden layer), G (next to z) and D (next to the trunks).
+    condition_dim: int = 0
+    condition_embedding: int = 64
+    # > 0: semi-supervised ALI (ALI 4.3): D splits the first tuple class into this many
+    # label classes (K + n - 1 outputs for n tuple classes).
+    label_classes: int = 0
 
 
 class ArchitectureError(ValueError):
@@ -74,6 +82,12 @@ def validate_config(cfg: NetworkConfig) -> None:
         raise ArchitectureError(f"--latent_dim must be >= 1, got {cfg.latent_dim}")
     if int(cfg.feature_dim) < 0:
         raise ArchitectureError(f"--feature_dim must be >= 0, got {cfg.feature_dim}")
+    if int(cfg.condition_dim) < 0 or int(cfg.label_classes) < 0:
+        raise ArchitectureError("condition_dim and label_classes must be >= 0, got "
+                                f"{cfg.condition_dim}, {cfg.label_classes}")
+    if int(cfg.condition_dim) > 0 and int(cfg.condition_embedding) < 1:
+        raise ArchitectureError(
+            f"--condition_embedding must be >= 1, got {cfg.condition_embedding}")
     shape = tuple(int(s) for s in cfg.example_shape)
     if any(s < 1 for s in shape):
         raise ArchitectureError(
@@ -197,6 +211,27 @@ class _CheckpointedSublayers:
         return children
 
 
+def _condition_embedding(cfg: NetworkConfig):
+    """The linear embedding of y in E and G (ALI 4.4), or None for unconditional nets."""
+    if not int(cfg.condition_dim):
+        return None
+    return _dense(int(cfg.condition_embedding), use_bias=True)
+
+
+def _with_condition(h, embedding, condition):
+    """Concatenates the embedding of `condition` to h on the channel axis, broadcast
+    over h's spatial positions when h is a feature map."""
+    if embedding is None:
+        return h
+    if condition is None:
+        raise ValueError("this network is conditional: pass condition=y "
+                         "([batch, condition_dim])")
+    e = ops.cast(embedding(condition), h.dtype)
+    if len(h.shape) == 4:
+        e = ops.tile(ops.reshape(e, (-1, 1, 1, e.shape[-1])), (1, h.shape[1], h.shape[2], 1))
+    return ops.concatenate([h, e], axis=-1)
+
+
 # --------------------------------------------------------------------------- encoder
 
 
@@ -212,6 +247,10 @@ class Encoder(_CheckpointedSublayers, keras.Model):
     `features(x)` is ALI section 4.3's SVM representation:
     concat(flatten of the last three hidden activations, flatten of the final
     layer's raw output, i.e. mu and log_sigma before the split).
+
+    Conditional (cfg.condition_dim > 0, ALI 4.4): E(x, y) concatenates a linear
+    embedding of y to the last hidden layer before the output layer (as the official
+    ALI code does); pass `condition=y` to every call.
     """
 
     def __init__(self, cfg: NetworkConfig, hidden_blocks, output_layers, **kwargs):
@@ -223,25 +262,33 @@ class Encoder(_CheckpointedSublayers, keras.Model):
         self.hidden_blocks = [list(b) for b in hidden_blocks]
         self.output_layers = list(output_layers)
         self._flatten = keras.layers.Flatten()
+        # Assigned last (None when unconditional), so unconditional checkpoints keep
+        # their layer positions.
+        self.condition_embedding = _condition_embedding(cfg)
 
-    def _forward(self, x, training):
+    @property
+    def conditional(self) -> bool:
+        return int(self.cfg.condition_dim) > 0
+
+    def _forward(self, x, training, condition=None):
         hiddens = []
         h = x
         for block in self.hidden_blocks:
             h = _apply(block, h, training)
             hiddens.append(h)
+        h = _with_condition(h, self.condition_embedding, condition)
         out = self._flatten(_apply(self.output_layers, h, training))
         return hiddens, out
 
-    def call(self, x, training=False):
-        _, out = self._forward(x, training)
+    def call(self, x, training=False, condition=None):
+        _, out = self._forward(x, training, condition)
         if not self.stochastic:
             return out, None
         return out[:, : self.latent_dim], out[:, self.latent_dim:]
 
-    def features(self, x, training=False):
+    def features(self, x, training=False, condition=None):
         """[B, F] SVM features; F = sum of the last three hidden widths + output width."""
-        hiddens, out = self._forward(x, training)
+        hiddens, out = self._forward(x, training, condition)
         parts = [self._flatten(h) for h in hiddens[-3:]] + [out]
         return ops.concatenate(parts, axis=-1)
 
@@ -286,8 +333,13 @@ def build_encoder(cfg: NetworkConfig) -> Encoder:
         hidden = [dense_block(c.mlp_hidden), dense_block(c.mlp_hidden)]
         output = [_dense(out_units, use_bias=True)]
     enc = Encoder(cfg, hidden, output, name="encoder")
-    enc(ops.zeros((1,) + tuple(cfg.example_shape)), training=False)  # build
+    enc(ops.zeros((1,) + tuple(cfg.example_shape)), training=False,  # build
+        condition=_zero_condition(cfg))
     return enc
+
+
+def _zero_condition(cfg: NetworkConfig):
+    return ops.zeros((1, int(cfg.condition_dim))) if int(cfg.condition_dim) else None
 
 
 # --------------------------------------------------------------------------- generator
@@ -298,6 +350,8 @@ class Generator(_CheckpointedSublayers, keras.Model):
 
     Image archs: tanh(h + output_bias), h the last (bias-free, linear) conv and
     output_bias a per-pixel trainable bias of shape example_shape. "mlp": linear output.
+    Conditional (cfg.condition_dim > 0): G(z, y) reads concat(z, linear embedding of y);
+    pass `condition=y`.
     """
 
     def __init__(self, cfg: NetworkConfig, input_layers, body_layers, **kwargs):
@@ -312,8 +366,14 @@ class Generator(_CheckpointedSublayers, keras.Model):
                 trainable=True, name="output_bias")
         else:
             self.output_bias = None
+        self.condition_embedding = _condition_embedding(cfg)
 
-    def call(self, z, training=False):
+    @property
+    def conditional(self) -> bool:
+        return int(self.cfg.condition_dim) > 0
+
+    def call(self, z, training=False, condition=None):
+        z = _with_condition(z, self.condition_embedding, condition)
         h = _apply(self.input_layers, z, training)
         h = _apply(self.body_layers, h, training)
         if not self.is_image:
@@ -348,15 +408,17 @@ def build_generator(cfg: NetworkConfig) -> Generator:
         return [_dense(units), _bn(c), _lrelu(c)]
 
     shape = tuple(int(s) for s in c.example_shape)
+    # G's input: z, or concat(z, embedding of y) when conditional.
+    in_dim = c.latent_dim + (c.condition_embedding if c.condition_dim else 0)
     if c.arch == "svhn32":
         ch = shape[-1]
-        inp = [keras.layers.Reshape((1, 1, c.latent_dim))]
+        inp = [keras.layers.Reshape((1, 1, in_dim))]
         body = (convt_block(256, 4) + convt_block(128, 4, 2) + convt_block(64, 4)
                 + convt_block(32, 4, 2) + convt_block(32, 5) + conv_block(32, 1)
                 + [_conv(ch, 1)])
     elif c.arch == "celeba64":
         ch = shape[-1]
-        inp = [keras.layers.Reshape((1, 1, c.latent_dim))]
+        inp = [keras.layers.Reshape((1, 1, in_dim))]
         body = (convt_block(512, 4) + convt_block(256, 7, 2) + convt_block(256, 5, 2)
                 + convt_block(128, 7, 2) + convt_block(64, 2) + [_conv(ch, 1)])
     elif c.arch == "small":
@@ -373,7 +435,8 @@ def build_generator(cfg: NetworkConfig) -> Generator:
             body += dense_block(c.mlp_hidden)
         body.append(_dense(shape[0], use_bias=True))
     gen = Generator(cfg, inp, body, name="generator")
-    out = gen(ops.zeros((1, c.latent_dim)), training=False)  # build
+    out = gen(ops.zeros((1, c.latent_dim)), training=False,  # build
+              condition=_zero_condition(c))
     if tuple(out.shape[1:]) != shape:  # guards the tables' size arithmetic
         raise ArchitectureError(
             f"--arch={c.arch} generator produced {_shape_str(out.shape[1:])}, "
@@ -398,9 +461,14 @@ class Discriminator(_CheckpointedSublayers, keras.Model):
     "latent", "feature"); `head` maps the slot-order concatenation of trunk outputs
     to logits. Every Dense/Conv is spectrally normalised; Keras' SpectralNormalization
     only updates when called with training=True, so `training` is passed to all of them.
+
+    Conditional (cfg.condition_dim > 0): D(x, z, y); `condition` is a spectrally
+    normalised linear embedding of y, appended after the slots' trunk outputs, and y
+    is the last element of `inputs`.
     """
 
-    def __init__(self, cfg: NetworkConfig, slot_kinds, num_classes, trunks, head, **kwargs):
+    def __init__(self, cfg: NetworkConfig, slot_kinds, num_classes, trunks, head,
+                 condition=None, **kwargs):
         super().__init__(**kwargs)
         self.cfg = cfg
         self.slot_kinds = tuple(slot_kinds)
@@ -409,15 +477,23 @@ class Discriminator(_CheckpointedSublayers, keras.Model):
         self.head = head
         self.trunk_widths = {k: int(t.output_shape[-1]) for k, t in trunks.items()}
         self.head_input_width = sum(self.trunk_widths[k] for k in self.slot_kinds)
+        # Assigned after the head (None when unconditional): unconditional checkpoints
+        # keep their layer positions.
+        self.condition = condition
+        if condition is not None:
+            self.head_input_width += int(condition.output_shape[-1])
 
     def call(self, inputs, training=True):
         inputs = list(inputs)
-        if len(inputs) != len(self.slot_kinds):
+        expected = len(self.slot_kinds) + (self.condition is not None)
+        if len(inputs) != expected:
             raise ValueError(
-                f"Discriminator expects {len(self.slot_kinds)} inputs {self.slot_kinds}, "
-                f"got {len(inputs)}")
+                f"Discriminator expects {expected} inputs {self.slot_kinds}"
+                f"{' + condition' if self.condition is not None else ''}, got {len(inputs)}")
         feats = [self.trunks[k](t, training=training)
                  for k, t in zip(self.slot_kinds, inputs)]
+        if self.condition is not None:
+            feats.append(self.condition(inputs[-1], training=training))
         return self.head(ops.concatenate(feats, axis=-1), training=training)
 
 
@@ -485,7 +561,13 @@ def build_discriminator(cfg: NetworkConfig, slot_kinds: Sequence[str],
             trunks[kind] = keras.Sequential(
                 [keras.Input(shape=shape)] + layers, name=f"d_{kind}")
     width = sum(int(trunks[k].output_shape[-1]) for k in slot_kinds)
+    condition = None
+    if int(c.condition_dim):
+        condition = keras.Sequential(
+            [keras.Input(shape=(int(c.condition_dim),)),
+             _sn(_dense(int(c.condition_embedding), use_bias=True))], name="d_condition")
+        width += int(c.condition_embedding)
     head_model = keras.Sequential(
         [keras.Input(shape=(width,))] + mlp(head, last=int(num_classes)), name="d_head")
-    return Discriminator(cfg, slot_kinds, num_classes, trunks, head_model,
+    return Discriminator(cfg, slot_kinds, num_classes, trunks, head_model, condition,
                          name="discriminator")

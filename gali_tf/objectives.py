@@ -76,6 +76,63 @@ def generator_loss(name: str, logits: tf.Tensor) -> tf.Tensor:
     return losses[name](logits)
 
 
+# ------------------------------------------------------------ semi-supervised (ALI 4.3)
+#
+# Salimans et al. (2016) style: D has K + n - 1 outputs; the first tuple class (the
+# data tuple (x, E(x))) is split into K label classes, the other n - 1 tuple classes
+# keep one output each (for ALI: K + 1 outputs, generated pairs are class K + 1).
+# Logits then have shape [n, batch, K + n - 1]; labels are int [batch], -1 = unlabelled.
+
+
+def merge_label_logits(logits: tf.Tensor, num_labels: int) -> tf.Tensor:
+    """[n, b, K + n - 1] -> [n, b, n]: l'_0 = logsumexp_{k<K} l_k, l'_c = l_{K+c-1} (c > 0).
+
+    softmax(l')_0 = sum_{k<K} p_k is the probability of "real, any label", so every
+    n-way objective above applies unchanged to the merged logits.
+    """
+    real = tf.reduce_logsumexp(logits[..., :num_labels], axis=-1, keepdims=True)
+    return tf.concat([real, logits[..., num_labels:]], axis=-1)
+
+
+def label_log_probs(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """log p_{y_i}(t_0,i) over all K + n - 1 outputs, shape [batch] (0 where y_i < 0)."""
+    log_p = tf.nn.log_softmax(logits[0], axis=-1)                       # [b, K + n - 1]
+    labels = tf.cast(labels, tf.int32)
+    picked = tf.gather(log_p, tf.maximum(labels, 0), axis=-1, batch_dims=1)
+    return tf.where(labels >= 0, picked, tf.zeros_like(picked))
+
+
+def semi_supervised_discriminator_loss(logits: tf.Tensor, labels: tf.Tensor,
+                                       num_labels: int) -> tf.Tensor:
+    """L_D = -(2/n) [log p_{y}(t_0) if labelled else log sum_{k<K} p_k(t_0)] - (2/n) sum_{c>0} log p_{K+c-1}(t_c).
+
+    Labelled real pairs must get their label, unlabelled real pairs any of the K
+    labels, every other class (generated pairs; GALI's other chains) its own output.
+    Computed as eq. 3 on the merged logits plus, for labelled examples, the swap of
+    log p'_0 = log sum_k p_k for log p_y. For n = 2 the weight 2/n is 1.
+    """
+    n = logits.shape[0]
+    merged = merge_label_logits(logits, num_labels)
+    unsupervised = discriminator_loss(merged)
+    log_real = _own_class_log_probs(merged)[:, 0]                       # log sum_k p_k(t_0)
+    labelled = tf.cast(labels, tf.int32) >= 0
+    swap = tf.where(labelled, log_real - label_log_probs(logits, labels),
+                    tf.zeros_like(log_real))
+    return unsupervised + (2.0 / n) * swap
+
+
+def semi_supervised_generator_loss(name: str, logits: tf.Tensor, num_labels: int) -> tf.Tensor:
+    """The selected generator loss on the merged logits: E and G try to make D take
+    real pairs for generated ones and vice versa, labels play no part (no feature
+    matching, ALI 4.3)."""
+    return generator_loss(name, merge_label_logits(logits, num_labels))
+
+
+def label_predictions(logits: tf.Tensor, num_labels: int) -> tf.Tensor:
+    """D's K-way prediction argmax_{k<K} l_k for logits [..., K + n - 1] of real pairs."""
+    return tf.argmax(logits[..., :num_labels], axis=-1, output_type=tf.int32)
+
+
 def l2_reconstruction_loss(target: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
     """ALICE's explicit cycle term per example: mean((target - reconstruction)^2).
 

@@ -9,6 +9,7 @@ existing checkpoint has been restored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from gali_tf import data as data_lib
 from gali_tf import features as features_lib
 from gali_tf import networks, tuples
 from gali_tf.evaluation import inpainting, reconstruction
-from gali_tf.model import ConfigError, GALIModel, ModelConfig, check_model_config
+from gali_tf.model import (ConfigError, GALIModel, ModelConfig, check_model_config,
+                           discriminator_outputs)
 from gali_tf import visualize
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
@@ -39,7 +41,11 @@ CHECKPOINT_DIR = "checkpoints"
 # Fields of the run record that decide the variables' shapes and meaning: a
 # checkpoint written under other values cannot be resumed.
 ARCHITECTURE_FIELDS = ("arch", "example_shape", "latent_dim", "width", "mlp_hidden",
-                       "stochastic_encoder", "feature_dim", "tuples")
+                       "stochastic_encoder", "feature_dim", "tuples", "condition_dim",
+                       "condition_embedding", "label_classes", "num_labeled", "labeled_seed")
+# Values of fields that runs recorded before the field existed.
+_RECORD_DEFAULTS = {"condition_dim": 0, "condition_embedding": 64, "label_classes": 0,
+                    "num_labeled": 0, "labeled_seed": 0, "conditional": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +157,11 @@ def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> d
         "feature_output": config.model.feature_output,
         "feature_signature": config.model.feature_signature,
         "feature_image_size": config.model.feature_image_size,
+        # Conditional ALI: condition_dim > 0 (above) is what rebuilds E(x, y), G(z, y), D.
+        "conditional": config.model.conditional,
+        # Semi-supervised ALI: D's label_classes (above) and the labelled subset.
+        "num_labeled": config.model.num_labeled,
+        "labeled_seed": config.model.labeled_seed,
     }
 
 
@@ -164,7 +175,7 @@ def load_run_record(model_dir: str) -> Optional[dict]:
 
 def network_config_from_record(record: dict) -> networks.NetworkConfig:
     fields = {f.name for f in dataclasses.fields(networks.NetworkConfig)}
-    values = {k: v for k, v in record.items() if k in fields}
+    values = {k: v for k, v in {**_RECORD_DEFAULTS, **record}.items() if k in fields}
     values["example_shape"] = tuple(values["example_shape"])
     return networks.NetworkConfig(**values)
 
@@ -178,13 +189,21 @@ class RestoredRun:
     record: dict
     checkpoint: str
     step: int
+    # Only with restore_networks(..., with_discriminator=True).
+    discriminator: Optional[networks.Discriminator] = None
+
+    @property
+    def conditional(self) -> bool:
+        return int(self.record.get("condition_dim", 0)) > 0
 
 
-def restore_networks(model_dir: str, checkpoint: Optional[str] = None) -> RestoredRun:
-    """Rebuilds E and G from `model_dir/run.json` and restores them from a checkpoint.
+def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
+                     with_discriminator: bool = False) -> RestoredRun:
+    """Rebuilds E and G (and D if asked) from `model_dir/run.json` and restores them
+    from a checkpoint.
 
     `checkpoint` is a path prefix such as RUN/checkpoints/ckpt-450; None means the
-    latest. D and the optimizers are not built.
+    latest. The optimizers are not built.
     """
     record = load_run_record(model_dir)
     if record is None:
@@ -201,8 +220,14 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None) -> Restor
                           "like RUN/checkpoints/ckpt-1000)")
     encoder = networks.build_encoder(network_config)
     generator = networks.build_generator(network_config)
+    parts = {"encoder": encoder, "generator": generator}
+    if with_discriminator:
+        tuple_set = tuples.parse_tuple_set(record["tuples"])
+        parts["discriminator"] = networks.build_discriminator(
+            network_config, tuple_set.slot_kinds,
+            discriminator_outputs(tuple_set, network_config.label_classes))
     try:
-        status = tf.train.Checkpoint(encoder=encoder, generator=generator).restore(path)
+        status = tf.train.Checkpoint(**parts).restore(path)
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError) as error:
@@ -210,7 +235,7 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None) -> Restor
         raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
                           f"not match the networks in {RUN_RECORD} ({first_line})") from None
     step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
-    return RestoredRun(encoder, generator, record, path, step)
+    return RestoredRun(encoder, generator, record, path, step, parts.get("discriminator"))
 
 
 def check_resumable(model_dir: str, record: dict) -> None:
@@ -218,8 +243,10 @@ def check_resumable(model_dir: str, record: dict) -> None:
     previous = load_run_record(model_dir)
     if previous is None:
         return
-    diffs = [f"{k}={previous.get(k)!r} (now {record.get(k)!r})"
-             for k in ARCHITECTURE_FIELDS if previous.get(k) != record.get(k)]
+    def value(rec, k):
+        return rec.get(k, _RECORD_DEFAULTS.get(k))
+    diffs = [f"{k}={value(previous, k)!r} (now {value(record, k)!r})"
+             for k in ARCHITECTURE_FIELDS if value(previous, k) != value(record, k)]
     if diffs:
         raise ConfigError(f"--model_dir={model_dir} holds a run with other settings: "
                           f"{', '.join(diffs)}; use a new --model_dir")
@@ -258,8 +285,12 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
     # D's feature trunk exists only for tuple sets with M(...) slots; a run that loads M
     # just for feature MSE (or alice_pt's feature L2) keeps its architecture.
     has_feature_slot = tuples.FEATURE in tuples.parse_tuple_set(config.model.tuples).slot_kinds
+    # Conditional ALI: y is the dataset's label as a one-hot class or CelebA's attributes;
+    # semi-supervised ALI: D gets the dataset's K label classes.
     network_config = dataclasses.replace(
         config.network, example_shape=tuple(info.example_shape),
+        condition_dim=info.num_classes if config.model.conditional else 0,
+        label_classes=info.num_classes if config.model.num_labeled else 0,
         feature_dim=(feature_model.dim if feature_model is not None and has_feature_slot
                      else config.network.feature_dim),
         synchronized_bn=config.network.synchronized_bn or strategy.num_replicas_in_sync > 1)
@@ -309,6 +340,8 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
                           f"replica (Keras fails with {replicas} replicas of --strategy="
                           f"{config.strategy}); use 1")
     info = data_lib.dataset_info(config.data)
+    if config.model.conditional or config.model.num_labeled:
+        _check_labels(config, info)
     # M is loaded (and every --feature_* flag checked) before anything is built or written.
     feature_model = features_lib.load_feature_model(feature_config(config.model))
     model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
@@ -326,13 +359,24 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     if latest and config.verbose:
         print(f"{config.model_dir}: resuming from {os.path.basename(latest)} (step {start_step})")
 
-    train_ds = data_lib.make_dataset(
-        config.data, "train", config.batch_size, shuffle=True, repeat=True,
-        # A resumed run reshuffles from a seed tied to its start step, so the data
-        # order of every (run, start step) is reproducible.
-        seed=config.model.seed + start_step, group=config.model.n_dis)
+    # A resumed run reshuffles from a seed tied to its start step, so the data
+    # order of every (run, start step) is reproducible.
+    train_seed = config.model.seed + start_step
+    if config.model.num_labeled:
+        train_ds = data_lib.make_semi_supervised_dataset(
+            config.data, info, config.batch_size, config.model.num_labeled,
+            config.model.labeled_seed, seed=train_seed, group=config.model.n_dis)
+    elif config.model.conditional:
+        train_ds = data_lib.make_conditional_dataset(
+            config.data, info, "train", config.batch_size, shuffle=True, repeat=True,
+            seed=train_seed, group=config.model.n_dis)
+    else:
+        train_ds = data_lib.make_dataset(
+            config.data, "train", config.batch_size, shuffle=True, repeat=True,
+            seed=train_seed, group=config.model.n_dis)
     if start_step == 0:
         first = next(iter(train_ds))
+        first = first[0] if isinstance(first, tuple) else first
         first = first[:, -1] if config.model.n_dis > 1 else first
         model.generator.set_output_bias_from_images(first)
 
@@ -346,6 +390,20 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     finally:
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
+    """One-line errors for --conditional / --num_labeled on data that cannot serve them."""
+    flag = "--conditional" if config.model.conditional else "--num_labeled"
+    if not info.num_classes or info.name == "folder":
+        raise ConfigError(f"{flag} needs a labelled dataset; --dataset={info.name} has no labels")
+    if config.model.num_labeled:
+        if data_lib.is_multi_label(info):
+            raise ConfigError(f"--num_labeled: --dataset={info.name} has multi-label "
+                              "attributes; semi-supervised ALI needs one class per example")
+        # Checks the size and the per-class divisibility before anything is built.
+        data_lib.labeled_subset(data_lib.train_labels(config.data), config.model.num_labeled,
+                                info.num_classes, config.model.labeled_seed)
 
 
 def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, train_ds,
@@ -362,9 +420,14 @@ def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, tra
     model.compile(optimizer=None, jit_compile=jit,
                   steps_per_execution=config.steps_per_execution)
     writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
-    test_ds = (data_lib.make_dataset(config.data, "test", min(config.batch_size, 100),
-                                     shuffle=False, repeat=False, drop_remainder=False)
-               if info.num_test and info.is_image else None)
+    test_ds = None
+    if info.num_test and info.is_image:
+        # Conditional runs evaluate with each test image's own y: (images, y) batches.
+        make = (functools.partial(data_lib.make_conditional_dataset, config.data, info)
+                if config.model.conditional else functools.partial(data_lib.make_dataset,
+                                                                   config.data))
+        test_ds = make("test", min(config.batch_size, 100), shuffle=False, repeat=False,
+                       drop_remainder=False)
     saver = CheckpointEvery(manager, config.checkpoint_every)
     preemption = SaveAtSigterm(saver, strategy)
     callbacks = [
@@ -540,8 +603,13 @@ class ImageSummaries(keras.callbacks.Callback):
         super().__init__()
         self.writer, self.every = writer, every
         images = next(iter(dataset))
+        # Conditional runs: samples and reconstructions use the batch's own y.
+        images, condition = images if isinstance(images, tuple) else (images, None)
         images = images[:, -1] if images.shape.rank == 5 else images
+        if condition is not None and condition.shape.rank == 3:
+            condition = condition[:, -1]
         self.images = images[:count]
+        self.condition = None if condition is None else condition[:count]
         self.count = count
 
     def on_train_batch_end(self, batch, logs=None):
@@ -551,8 +619,12 @@ class ImageSummaries(keras.callbacks.Callback):
 
     def write(self, step: int):
         model = self.model
-        samples = model.generate(model.prior_sample(self.count, seed=0))
-        recon = model.reconstruct(self.images)
+        condition = self.condition
+        if condition is not None and not model.condition_dim:
+            condition = None     # a semi-supervised run's labels are no condition
+        count = self.count if condition is None else int(condition.shape[0])
+        samples = model.generate(model.prior_sample(count, seed=0), condition=condition)
+        recon = model.reconstruct(self.images, condition=condition)
         with self.writer.as_default(step=step):
             tf.summary.image("samples", visualize.image_grid(samples), step=step)
             tf.summary.image("reconstructions",
@@ -560,7 +632,8 @@ class ImageSummaries(keras.callbacks.Callback):
             if "mask" in model.tuple_set.operator_families():
                 # Fixed evaluation masks, so the grids of successive steps compare.
                 mask = inpainting.eval_masks(self.images.shape, 0)
-                masked, inpainted = inpainting.inpaint(model.reconstruct, self.images, mask,
-                                                       model.config.mask_fill)
+                masked, inpainted = inpainting.inpaint(
+                    functools.partial(model.reconstruct, condition=condition), self.images,
+                    mask, model.config.mask_fill)
                 tf.summary.image("inpainting", inpainting.triplet_grid(
                     self.images, masked, inpainted, columns=4), step=step)

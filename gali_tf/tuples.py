@@ -282,14 +282,18 @@ class ChainEvaluator:
 
 
 def tuple_logits(discriminator, tuple_set: TupleSet, values: Mapping[str, tf.Tensor],
-                 training: bool = True) -> tf.Tensor:
-    """Discriminator logits for every class, shape [num_classes, batch, num_classes].
+                 training: bool = True, condition: tf.Tensor | None = None) -> tf.Tensor:
+    """Discriminator logits for every class, shape [num_classes, batch, D's outputs].
 
     Each trunk (D_x, D_z, D_y) runs once on the batch-concatenation of the distinct
     nodes of its kind, and the joint head once on all tuples stacked on the batch
     axis, so D's cost grows with distinct nodes, not with the number of classes.
     D has no batch statistics (spectral norm, no BatchNorm), so this is the same
-    function as calling D tuple by tuple.
+    function as calling D tuple by tuple. D's outputs are num_classes, or K + n - 1
+    for semi-supervised D (gali_tf.objectives.merge_label_logits).
+
+    `condition` (conditional ALI, ALI 4.4): y [batch, condition_dim]; every tuple of
+    example i carries y_i, embedded once and appended after the tuple's slots.
     """
     nodes = tuple_set.slot_nodes()
     features: Dict[str, tf.Tensor] = {}
@@ -298,8 +302,14 @@ def tuple_logits(discriminator, tuple_set: TupleSet, values: Mapping[str, tf.Ten
         trunk_out = discriminator.trunks[kind](
             tf.concat([values[name] for name in names], axis=0), training=training)
         features.update(zip(names, tf.split(trunk_out, len(names), axis=0)))
+    extra = []
+    if getattr(discriminator, "condition", None) is not None:
+        if condition is None:
+            raise TupleError("this discriminator is conditional: tuple_logits needs condition=y")
+        extra = [discriminator.condition(condition, training=training)]
     joint = tf.concat(
-        [tf.concat([features[n.name] for n in cls], axis=-1) for cls in tuple_set.classes],
+        [tf.concat([features[n.name] for n in cls] + extra, axis=-1)
+         for cls in tuple_set.classes],
         axis=0)
     logits = discriminator.head(joint, training=training)
     return tf.stack(tf.split(logits, tuple_set.num_classes, axis=0))

@@ -62,6 +62,15 @@ flags.DEFINE_string("feature_signature", "serving_default", "Signature of M's Sa
 flags.DEFINE_integer("feature_image_size", 0,
                      "M's input height = width when the model does not fix it "
                      "(0 = inferred; inception_v3 default 299, at least 75).")
+# -- conditional and semi-supervised ALI (README, "Conditional and semi-supervised ALI")
+flags.DEFINE_bool("conditional", False,
+                  "Conditional ALI (ALI 4.4): E(x, y), G(z, y), D(..., y) with y the data label "
+                  "(one-hot class; CelebA's 40 attributes), with any tuple set.")
+flags.DEFINE_integer("condition_embedding", 64, "Units of y's linear embedding in E, G and D.")
+flags.DEFINE_integer("num_labeled", 0,
+                     "Semi-supervised ALI (ALI 4.3): labelled train examples (a multiple of the "
+                     "classes, balanced per class); D gets K label classes. 0 = unsupervised.")
+flags.DEFINE_integer("labeled_seed", 0, "Seed choosing the labelled subset of --num_labeled.")
 # -- the run
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>_<tuples>).")
 flags.DEFINE_integer("batch_size", 100, "Global batch size.")
@@ -91,14 +100,17 @@ def config_from_flags() -> training.TrainConfig:
     """The flags as the library's config dataclasses (the library never reads flags)."""
     tuple_name = FLAGS.tuples if FLAGS.tuples in tuples.TUPLE_SETS else "custom"
     return training.TrainConfig(
-        model_dir=FLAGS.model_dir or f"runs/{FLAGS.dataset}_{tuple_name}",
+        model_dir=FLAGS.model_dir or (
+            f"runs/{FLAGS.dataset}_{tuple_name}" + ("_conditional" if FLAGS.conditional else "")
+            + (f"_semisup{FLAGS.num_labeled}" if FLAGS.num_labeled else "")),
         data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
                              image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
                              channels=FLAGS.channels),
         network=networks.NetworkConfig(
             arch=FLAGS.arch, latent_dim=FLAGS.latent_dim, width=FLAGS.width,
             mlp_hidden=FLAGS.mlp_hidden, leaky_slope=FLAGS.leaky_slope,
-            stochastic_encoder=FLAGS.stochastic_encoder),
+            stochastic_encoder=FLAGS.stochastic_encoder,
+            condition_embedding=FLAGS.condition_embedding),
         model=ModelConfig(
             tuples=FLAGS.tuples, generator_loss=FLAGS.generator_loss,
             l2_weight=FLAGS.l2_weight, n_dis=FLAGS.n_dis, learning_rate=FLAGS.learning_rate,
@@ -107,7 +119,8 @@ def config_from_flags() -> training.TrainConfig:
             feature_model=FLAGS.feature_model, feature_output=FLAGS.feature_output,
             feature_signature=FLAGS.feature_signature,
             feature_image_size=FLAGS.feature_image_size,
-            mixed_precision=FLAGS.mixed_precision),
+            mixed_precision=FLAGS.mixed_precision, conditional=FLAGS.conditional,
+            num_labeled=FLAGS.num_labeled, labeled_seed=FLAGS.labeled_seed),
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
         strategy=FLAGS.strategy,
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],

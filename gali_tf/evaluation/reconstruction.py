@@ -24,15 +24,19 @@ class MSEResult:
 
 
 def _mean_squared_error(squared_error, dataset: tf.data.Dataset, name: str) -> MSEResult:
-    """Mean of `squared_error(images)` over every value, and the std of the batch means."""
+    """Mean of `squared_error(images)` over every value, and the std of the batch means.
+
+    A dataset of (images, y) pairs (conditional models) calls squared_error(images, y).
+    """
     squared_error = tf.function(squared_error)
     sums, counts, batch_means, num_examples = 0.0, 0, [], 0
-    for images in dataset:
-        squared = squared_error(images)
+    for batch in dataset:
+        batch = batch if isinstance(batch, tuple) else (batch,)
+        squared = squared_error(*batch)
         batch_means.append(float(tf.reduce_mean(squared)))
         sums += float(tf.reduce_sum(squared))
         counts += int(tf.size(squared))
-        num_examples += int(images.shape[0])
+        num_examples += int(batch[0].shape[0])
     if not batch_means:
         raise ValueError(f"{name}: the dataset is empty")
     return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)
@@ -42,10 +46,12 @@ def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
     """Mean squared error between images and reconstructions, both scaled to [0, 1].
 
     `reconstruct` maps a batch in [-1, 1] to its reconstruction G(mu(E(x))) (z = mu,
-    inference-mode BatchNorm); `dataset` yields image batches in [-1, 1].
+    inference-mode BatchNorm); `dataset` yields image batches in [-1, 1], or (images, y)
+    batches for a conditional model, whose reconstruct takes `condition=y`.
     """
-    def squared_error(images):
-        return tf.square(to_unit_range(images) - to_unit_range(reconstruct(images)))
+    def squared_error(images, *condition):
+        return tf.square(to_unit_range(images)
+                         - to_unit_range(_reconstruct(reconstruct, images, condition)))
     return _mean_squared_error(squared_error, dataset, "pixel_mse")
 
 
@@ -63,6 +69,11 @@ def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
     `feature_fn` maps images in [-1, 1] to [B, F] features (a frozen feature model such
     as gali_tf.features.FeatureModel); `reconstruct` and `dataset` as in `pixel_mse`.
     """
-    def squared_error(images):
-        return tf.square(feature_fn(images) - feature_fn(reconstruct(images)))
+    def squared_error(images, *condition):
+        return tf.square(feature_fn(images)
+                         - feature_fn(_reconstruct(reconstruct, images, condition)))
     return _mean_squared_error(squared_error, dataset, "feature_mse")
+
+
+def _reconstruct(reconstruct, images, condition):
+    return reconstruct(images, condition=condition[0]) if condition else reconstruct(images)

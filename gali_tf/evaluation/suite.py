@@ -11,6 +11,11 @@ the requested metrics:
 - modes           25-Gaussian toy: modes covered, share within 3 std (ALI 4.5)
 - pictures        samples, reconstruction pairs, latent interpolations (ALI Fig. 6),
                   and for the toy a scatter of samples over the mixture means
+- d_classifier    semi-supervised runs: test misclassification of D's K-way prediction
+                  on the data tuple (x, mu(E(x))) (ALI 4.3, Tables 1-2)
+
+Conditional runs (ALI 4.4) are evaluated with each test image's own y: reconstruction
+and pictures (samples take the test labels as y; no interpolations).
 
 `write_report` writes RUN/eval/<step>.json, RUN/eval/<step>.md, the pictures under
 RUN/eval/<step>/ and TensorBoard summaries under RUN/eval.
@@ -29,13 +34,13 @@ import tensorflow as tf
 
 from gali_tf import data as data_lib
 from gali_tf import features as features_lib
-from gali_tf import training, tuples
+from gali_tf import objectives, training, tuples
 from gali_tf.evaluation import fid as fid_lib
 from gali_tf.evaluation import inpainting, modes, pictures, reconstruction, svm
 from gali_tf.model import ConfigError
 from gali_tf.visualize import write_png
 
-METRICS = ("reconstruction", "svm", "fid", "inpainting", "modes", "pictures")
+METRICS = ("reconstruction", "svm", "fid", "inpainting", "modes", "pictures", "d_classifier")
 EVAL_DIR = "eval"
 
 
@@ -91,6 +96,11 @@ def applicable_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalCon
     """Metric -> "" when it applies to the run, else why not (one line)."""
     toy = not info.is_image
     fid_network = config.fid if _has_m(config.fid) else config.feature
+    if int(record.get("condition_dim", 0)):
+        conditional = "a conditional run's E and G take the label y (use trainers.generate)"
+        return {"reconstruction": "", "pictures": "", "svm": conditional, "fid": conditional,
+                "inpainting": conditional, "d_classifier": _semi_supervised_reason(record),
+                "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25"}
     return {
         "reconstruction": "",
         "svm": ("" if info.num_classes and not toy
@@ -103,7 +113,13 @@ def applicable_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalCon
                        f"--tuples={record['tuples']} has no masked encoder inputs"),
         "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25",
         "pictures": "",
+        "d_classifier": _semi_supervised_reason(record),
     }
+
+
+def _semi_supervised_reason(record: dict) -> str:
+    return ("" if int(record.get("label_classes", 0)) else
+            "only semi-supervised runs (--num_labeled) have a D that predicts labels")
 
 
 def resolve_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig) -> Tuple[str, ...]:
@@ -160,8 +176,13 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                  checkpoint: Optional[str] = None) -> EvalReport:
     """Computes the metrics of one checkpoint (default: the latest) of a run."""
     started = time.time()
-    restored = training.restore_networks(model_dir, checkpoint)
+    # Semi-supervised runs: D too, for d_classifier.
+    semi_supervised = bool(int((training.load_run_record(model_dir) or {}).get(
+        "label_classes", 0)))
+    restored = training.restore_networks(model_dir, checkpoint,
+                                         with_discriminator=semi_supervised)
     record, encoder, generator = restored.record, restored.encoder, restored.generator
+    conditional = restored.conditional
     data_config = _data_config(record, config)
     info = data_lib.dataset_info(data_config)
     metrics = resolve_metrics(record, info, config)
@@ -171,10 +192,18 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                         record["tuples"], config.split)
 
     encode = tf.function(lambda x: encoder(x, training=False)[0])
-    generate = tf.function(lambda z: generator(z, training=False))
-    reconstruct = tf.function(lambda x: generator(encoder(x, training=False)[0], training=False))
+    generate = tf.function(lambda z, condition=None: generator(z, training=False,
+                                                                condition=condition))
+    reconstruct = tf.function(lambda x, condition=None: generator(
+        encoder(x, training=False, condition=condition)[0], training=False,
+        condition=condition))
 
     def split_images():
+        # Conditional runs: (images, y) batches, y the images' own labels.
+        if conditional:
+            return data_lib.make_conditional_dataset(
+                data_config, info, config.split, config.batch_size, shuffle=False,
+                repeat=False, drop_remainder=False)
         return data_lib.make_dataset(data_config, config.split, config.batch_size, shuffle=False,
                                      repeat=False, drop_remainder=False)
 
@@ -263,7 +292,21 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
             "mean": coverage.within_3std, "n": coverage.num_samples,
             "what": "share of samples within 3 std of their component's mean"}
 
-    if "pictures" in metrics:
+    if "pictures" in metrics and conditional and info.is_image:
+        clock.start("pictures")
+        count = config.num_pictures
+        test_images, labels = next(iter(split_images().unbatch().batch(count)))
+        z = tf.random.stateless_normal([int(labels.shape[0]), int(record["latent_dim"])],
+                                       [config.seed, 7])
+        half = max(int(labels.shape[0]) // 2, 1)
+        report.pictures = {
+            "samples": pictures.samples_grid(lambda z: generate(z, labels), z),
+            "reconstructions": pictures.reconstructions_grid(
+                lambda x: reconstruct(x, labels[:half]), test_images[:half]),
+        }
+        report.notes.append("conditional run: samples use the test images' labels as y; "
+                            "trainers.generate draws the ALI Fig. 7 grid")
+    elif "pictures" in metrics:
         clock.start("pictures")
         if info.is_image:
             count = config.num_pictures
@@ -281,9 +324,48 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
             points, _ = data_lib.toy25_arrays(config.split)
             report.pictures = {"scatter": pictures.toy_scatter(samples, data_lib.TOY25_MEANS,
                                                                points[:5000])}
+    if "d_classifier" in metrics:
+        clock.start("d_classifier")
+        report.metrics["d_error"] = d_classifier_error(
+            restored, data_lib.make_dataset(data_config, config.split, config.batch_size,
+                                            shuffle=False, repeat=False, with_labels=True,
+                                            drop_remainder=False))
     clock.stop()
     report.seconds = time.time() - started
     return report
+
+
+def d_classifier_error(restored: training.RestoredRun, dataset: tf.data.Dataset) -> dict:
+    """Test misclassification of a semi-supervised D (ALI 4.3): argmax of D's K label
+    logits on the data tuple of each test image, built with z = mu(E(x)), D in
+    inference mode and without instance noise."""
+    record = restored.record
+    tuple_set = tuples.parse_tuple_set(record["tuples"])
+    num_labels = int(record["label_classes"])
+    data_class = tuples.TupleSet("data", (tuple_set.classes[0],))
+    operators = {
+        "E": lambda ev, node: restored.encoder(ev.value(node.arg), training=False)[0],
+        "G": lambda ev, node: restored.generator(ev.value(node.arg), training=False),
+    }
+    if not data_class.operator_families() <= set(operators):
+        raise ConfigError(f"--metrics=d_classifier: the data tuple of --tuples="
+                          f"{record['tuples']!r} needs operators other than E and G")
+
+    @tf.function
+    def predict(x):
+        evaluator = tuples.ChainEvaluator(operators, {"x": x})
+        values = {node.name: evaluator.value(node) for node in data_class.slot_nodes()}
+        logits = tuples.tuple_logits(restored.discriminator, data_class, values,
+                                     training=False)[0]
+        return objectives.label_predictions(tf.cast(logits, tf.float32), num_labels)
+
+    wrong = total = 0
+    for images, labels in dataset:
+        wrong += int(tf.reduce_sum(tf.cast(predict(images) != labels, tf.int32)))
+        total += int(labels.shape[0])
+    return {"mean": wrong / max(total, 1), "n": total,
+            "what": f"test misclassification of semi-supervised D's {num_labels}-way "
+                    f"prediction on (x, mu(E(x))), {record.get('num_labeled')} labels (ALI 4.3)"}
 
 
 class _Clock:
