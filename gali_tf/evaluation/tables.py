@@ -16,6 +16,7 @@ COLUMNS = (
     ("pixel_mse", "pixel MSE ↓"),
     ("feature_mse", "feature MSE ↓"),
     ("svm_error", "SVM error % ↓"),
+    ("d_error", "semi-supervised D error % ↓"),
     ("fid", "FID ↓"),
     ("inpaint_pixel_mse", "inpainting hole MSE ↓"),
     ("inpaint_feature_mse", "inpainting feature MSE ↓"),
@@ -23,7 +24,7 @@ COLUMNS = (
     ("within_3std", "samples within 3 std % ↑"),
     ("point_mse", "reconstruction MSE ↓"),
 )
-PERCENT = {"svm_error", "within_3std"}
+PERCENT = {"svm_error", "d_error", "within_3std"}
 
 
 def metric_values(reports: Sequence[dict], metric: str) -> List[float]:
