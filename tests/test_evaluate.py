@@ -160,6 +160,9 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     assert result["table"]["ALI"]["modes_covered"]["values"] == \
         [report["metrics"]["modes_covered"]["mean"]]
     assert "--seed=0" in (out / "ALI" / "seed_0" / "train.log").read_text().splitlines()[0]
+    times = json.loads((out / "ALI" / "seed_0" / "times.json").read_text())
+    assert times["train"] > 0 and times["eval"] > 0
+    assert "training and evaluation took" in table
 
 
 def test_a_failed_step_of_an_experiment_is_one_line(tmp_path):

@@ -110,13 +110,32 @@ def ensure_classifier(out: str) -> List[str]:
     return [f"--feature_model={export_dir}", "--feature_output=features"]
 
 
-def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]) -> dict:
-    """One run and its evaluation (both reused when already done); the eval report."""
+TIMES_FILE = "times.json"
+
+
+def _add_seconds(model_dir: str, **seconds: float) -> dict:
+    """Accumulates wall seconds of work actually done on a run (resumed parts too)."""
+    path = os.path.join(model_dir, TIMES_FILE)
+    times = {"train": 0.0, "eval": 0.0}
+    if os.path.isfile(path):
+        with open(path) as f:
+            times.update(json.load(f))
+    for key, value in seconds.items():
+        times[key] += value
+    with open(path, "w") as f:
+        json.dump(times, f)
+    return times
+
+
+def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]):
+    """One run and its evaluation (both reused when already done): (report, times), times
+    the run's accumulated train and eval wall seconds."""
     model_dir = os.path.join(FLAGS.out, name, f"seed_{seed}")
     os.makedirs(model_dir, exist_ok=True)
     train = _python_module("trainers.main", f"--flagfile={flagfile}", f"--seed={seed}",
                            f"--model_dir={model_dir}", *FLAGS.train_flags,
                            *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
+    start_step = _latest_step(model_dir)
     train_seconds = _run(train, os.path.join(model_dir, "train.log"), f"{name} seed {seed} training")
     step = _latest_step(model_dir)
     report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
@@ -125,11 +144,14 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
         evaluate = _python_module("trainers.evaluate", f"--model_dir={model_dir}", *eval_args)
         eval_seconds = _run(evaluate, os.path.join(model_dir, "eval.log"),
                             f"{name} seed {seed} evaluation")
+    # A run that was already finished cost nothing now (the trainer only checked it).
+    times = _add_seconds(model_dir, train=train_seconds if step != start_step else 0.0,
+                         eval=eval_seconds)
     with open(report_path) as f:
         report = json.load(f)
     print(f"{name} seed {seed}: step {step}, train {train_seconds:.0f} s, "
           f"eval {eval_seconds:.0f} s", flush=True)
-    return report
+    return report, times
 
 
 _ARGV: List[str] = []   # the command line as typed (run() rewrites --config)
@@ -153,27 +175,30 @@ def main(argv):
         eval_args += list(FLAGS.eval_flags)
         if FLAGS.classifier:
             eval_args += ensure_classifier(FLAGS.out)
-        reports = {name: [train_and_evaluate(name, flagfile, seed, eval_args)
-                          for seed in range(FLAGS.seeds)]
-                   for name, flagfile in variants}
+        done = {name: [train_and_evaluate(name, flagfile, seed, eval_args)
+                       for seed in range(FLAGS.seeds)]
+                for name, flagfile in variants}
     except ExperimentError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    reports = {name: [report for report, _ in runs] for name, runs in done.items()}
+    run_minutes = sum(t["train"] + t["eval"] for runs in done.values() for _, t in runs) / 60
     minutes = (time.time() - started) / 60
     machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU" if not _has_gpu() \
         else f"{os.cpu_count()} CPU cores + GPU"
     header = [f"## {FLAGS.title or os.path.basename(FLAGS.out.rstrip('/'))}", "",
               f"`{command_line()}`", "",
-              f"{machine}; {minutes:.0f} min for this invocation (runs and evaluations it "
-              "did not have to redo are not counted); mean ± std over seeds "
-              f"0..{FLAGS.seeds - 1}.", ""]
+              f"{machine}; the runs' training and evaluation took {run_minutes:.0f} min of "
+              f"wall time in all (this invocation: {minutes:.0f} min); mean ± std over "
+              f"seeds 0..{FLAGS.seeds - 1}.", "", ""]
     table = "\n".join(header) + tables.comparison_table(reports)
     notes = sorted({note for rs in reports.values() for r in rs for note in r["notes"]})
     table += "".join(f"\nNote: {note}\n" for note in notes)
     with open(os.path.join(FLAGS.out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(FLAGS.out, "table.json"), "w") as f:
-        json.dump({"command": command_line(), "minutes": minutes, "machine": machine,
+        json.dump({"command": command_line(), "minutes": minutes, "run_minutes": run_minutes,
+                   "machine": machine,
                    "table": tables.table_json(reports)}, f, indent=2)
     print(table)
 
