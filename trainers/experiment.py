@@ -136,7 +136,11 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
                            f"--model_dir={model_dir}", *FLAGS.train_flags,
                            *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
     start_step = _latest_step(model_dir)
-    train_seconds = _run(train, os.path.join(model_dir, "train.log"), f"{name} seed {seed} training")
+    train_seconds = 0.0
+    # With --steps the finished state is known: a finished run is not even re-checked.
+    if not (FLAGS.steps and start_step == FLAGS.steps):
+        train_seconds = _run(train, os.path.join(model_dir, "train.log"),
+                             f"{name} seed {seed} training")
     step = _latest_step(model_dir)
     report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
     eval_seconds = 0.0
