@@ -14,11 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from gali_tf import masks as masks_lib
-from gali_tf.evaluation.reconstruction import MSEResult
+from gali_tf.evaluation.reconstruction import MeanAccumulator, MSEResult
 from gali_tf.model import StepNoise
 from gali_tf.visualize import image_grid, to_unit_range
 
@@ -63,29 +62,17 @@ def evaluate(reconstruct, dataset: tf.data.Dataset, fill: float, seed: int = 0,
     """
     reconstruct = tf.function(reconstruct)
     mask_fn = mask_fn or (lambda shape, i: eval_masks(shape, i, seed))
-    pixel_sum, pixel_count, pixel_batches = 0.0, 0.0, []
-    feat_sum, feat_count, feat_batches = 0.0, 0, []
-    examples = 0
+    pixel, feature = MeanAccumulator(), MeanAccumulator()
     for i, images in enumerate(dataset):
         mask = mask_fn(tuple(images.shape), i)
         _, composite = inpaint(reconstruct, images, mask, fill)
-        total, count = hole_squared_error(images, composite, mask)
-        pixel_sum += float(total)
-        pixel_count += float(count)
-        pixel_batches.append(float(total) / float(count))
-        examples += int(images.shape[0])
+        pixel.add(*hole_squared_error(images, composite, mask), images.shape[0])
         if feature_fn is not None:
-            squared = tf.square(tf.cast(feature_fn(composite), tf.float32)
-                                - tf.cast(feature_fn(images), tf.float32))
-            feat_sum += float(tf.reduce_sum(squared))
-            feat_count += int(tf.size(squared))
-            feat_batches.append(float(tf.reduce_mean(squared)))
-    if not pixel_batches:
-        raise ValueError("inpainting.evaluate: the dataset is empty")
-    pixel = MSEResult(pixel_sum / pixel_count, float(np.std(pixel_batches)),
-                      len(pixel_batches), examples)
-    feature = (MSEResult(feat_sum / feat_count, float(np.std(feat_batches)),
-                         len(feat_batches), examples) if feature_fn is not None else None)
+            feature.add_values(tf.square(tf.cast(feature_fn(composite), tf.float32)
+                                         - tf.cast(feature_fn(images), tf.float32)),
+                               images.shape[0])
+    pixel = pixel.result("inpainting.evaluate")
+    feature = feature.result("inpainting.evaluate") if feature_fn is not None else None
     return InpaintingResult(pixel, feature)
 
 

@@ -23,23 +23,43 @@ class MSEResult:
                 f"({self.num_examples} images, {self.num_batches} batches)")
 
 
+class MeanAccumulator:
+    """Mean over every value of a stream of batches, and the std of the batch means
+    (the papers' "±"), as an MSEResult. Shared by the reconstruction and inpainting
+    metrics."""
+
+    def __init__(self):
+        self.total, self.count, self.batch_means, self.examples = 0.0, 0.0, [], 0
+
+    def add(self, total, count, examples: int) -> None:
+        """One batch: the sum of its values, how many values, how many examples."""
+        total, count = float(total), float(count)
+        self.total += total
+        self.count += count
+        self.batch_means.append(total / count)
+        self.examples += int(examples)
+
+    def add_values(self, values: tf.Tensor, examples: int) -> None:
+        self.add(tf.reduce_sum(values), tf.size(values), examples)
+
+    def result(self, name: str) -> MSEResult:
+        if not self.batch_means:
+            raise ValueError(f"{name}: the dataset is empty")
+        return MSEResult(self.total / self.count, float(np.std(self.batch_means)),
+                         len(self.batch_means), self.examples)
+
+
 def _mean_squared_error(squared_error, dataset: tf.data.Dataset, name: str) -> MSEResult:
     """Mean of `squared_error(images)` over every value, and the std of the batch means.
 
     A dataset of (images, y) pairs (conditional models) calls squared_error(images, y).
     """
     squared_error = tf.function(squared_error)
-    sums, counts, batch_means, num_examples = 0.0, 0, [], 0
+    accumulator = MeanAccumulator()
     for batch in dataset:
         batch = batch if isinstance(batch, tuple) else (batch,)
-        squared = squared_error(*batch)
-        batch_means.append(float(tf.reduce_mean(squared)))
-        sums += float(tf.reduce_sum(squared))
-        counts += int(tf.size(squared))
-        num_examples += int(batch[0].shape[0])
-    if not batch_means:
-        raise ValueError(f"{name}: the dataset is empty")
-    return MSEResult(sums / counts, float(np.std(batch_means)), len(batch_means), num_examples)
+        accumulator.add_values(squared_error(*batch), batch[0].shape[0])
+    return accumulator.result(name)
 
 
 def pixel_mse(reconstruct, dataset: tf.data.Dataset) -> MSEResult:
