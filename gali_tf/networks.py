@@ -447,11 +447,71 @@ def build_generator(cfg: NetworkConfig) -> Generator:
 # --------------------------------------------------------------------------- discriminator
 
 
+class SpectralNormalization(keras.layers.SpectralNormalization):
+    """Spectral normalisation as a reparameterisation (Miyato et al. 2018, eq. 8):
+    the layer computes with W_SN = W / sigma(W), sigma(W) = u^T W v.
+
+    u and v come from one power iteration per training call (u is kept between calls,
+    v is recomputed from it) and are constants for the gradient, but sigma is not: the
+    gradient w.r.t. W is (1/sigma) (dL/dW_SN - (u^T dL/dW_SN v) u v^T) (Miyato eq. 12),
+    whose second term keeps the top singular direction from taking over the layer.
+    This is what the papers' and the peers' code compute (torch.nn.utils.spectral_norm).
+
+    Keras' own layer instead writes W / sigma into the kernel before each call and takes
+    the gradient w.r.t. that kernel, a projection without the second term. With it,
+    whatever direction the loss keeps pushing grows and the renormalisation shrinks all
+    others each step, so D's layers drift towards rank one: a semi-supervised D (one
+    "real" direction shared by its K label logits) stayed at chance on its own 100
+    labelled digits, and learned them in 200 steps with this layer. The variables are
+    Keras' (kernel, vector_u), so checkpoints written with it still restore (their
+    kernels already have sigma = 1). Wraps Dense and this module's Conv2D.
+    """
+
+    def build(self, input_shape):
+        if not isinstance(self.layer, (keras.layers.Dense, Conv2D)):
+            raise ArchitectureError(f"SpectralNormalization wraps Dense or Conv2D layers, "
+                                    f"got {type(self.layer).__name__}")
+        super().build(input_shape)
+
+    def _singular_vectors(self, weights, training):
+        u = self.vector_u.value
+        v = _unit(ops.matmul(u, ops.transpose(weights)))
+        if training:  # one power iteration per training call; u is stored for the next
+            u = _unit(ops.matmul(v, weights))
+            self.vector_u.assign(u)
+        return ops.stop_gradient(u), ops.stop_gradient(v)
+
+    def normalized_kernel(self, training=False):
+        """W / sigma(W), differentiable w.r.t. W (sigma included)."""
+        weights = ops.reshape(self.kernel, (-1, self.kernel_shape[-1]))
+        u, v = self._singular_vectors(weights, training)
+        sigma = ops.sum(ops.matmul(v, weights) * u)
+        return ops.divide(self.kernel, sigma)
+
+    def call(self, inputs, training=False):
+        layer = self.layer
+        x = ops.cast(inputs, layer.compute_dtype)
+        kernel = ops.cast(self.normalized_kernel(training), layer.compute_dtype)
+        if isinstance(layer, Conv2D):
+            out = layer.convolution_op(x, kernel)
+        else:
+            out = ops.matmul(x, kernel)
+        if layer.use_bias:  # channels-last: the bias broadcasts over the last axis
+            out = ops.add(out, ops.cast(layer.bias, out.dtype))
+        if layer.activation is not None:
+            out = layer.activation(out)
+        return ops.cast(out, inputs.dtype)
+
+
+def _unit(x):
+    return x / (ops.sqrt(ops.sum(ops.square(x))) + 1e-12)
+
+
 def _sn(layer):
     # float32 wrapper: under a mixed-precision policy the power iteration, the vector u
     # and sigma stay float32 (in bfloat16 sigma would be off by up to ~0.4%); the
     # wrapped layer still computes in the policy's compute dtype.
-    return keras.layers.SpectralNormalization(layer, dtype="float32")
+    return SpectralNormalization(layer, dtype="float32")
 
 
 class Discriminator(_CheckpointedSublayers, keras.Model):
@@ -459,8 +519,8 @@ class Discriminator(_CheckpointedSublayers, keras.Model):
 
     `trunks[kind]` maps one slot's tensor to [B, width_kind] (kind in "image",
     "latent", "feature"); `head` maps the slot-order concatenation of trunk outputs
-    to logits. Every Dense/Conv is spectrally normalised; Keras' SpectralNormalization
-    only updates when called with training=True, so `training` is passed to all of them.
+    to logits. Every Dense/Conv is spectrally normalised (`SpectralNormalization`,
+    whose u only updates when called with training=True, so `training` is passed to all).
 
     Conditional (cfg.condition_dim > 0): D(x, z, y); `condition` is a spectrally
     normalised linear embedding of y, appended after the slots' trunk outputs, and y

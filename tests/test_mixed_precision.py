@@ -27,7 +27,7 @@ def test_a_step_under_each_policy(policy):
     assert all(v.dtype == "float32" for v in model.weights)
     # Spectral norm: the wrapper computes sigma in float32 around a mixed-precision layer.
     sn = [layer for layer in model.discriminator.trunks["image"].layers
-          if isinstance(layer, keras.layers.SpectralNormalization)]
+          if isinstance(layer, networks.SpectralNormalization)]
     assert sn and all(layer.compute_dtype == "float32" and layer.vector_u.dtype == "float32"
                       and layer.layer.compute_dtype == compute for layer in sn)
     scaled = isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)

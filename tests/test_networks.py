@@ -121,7 +121,7 @@ def test_discriminator_spectral_norm(arch):
     layers = _all_layers(disc)
     assert not any(isinstance(l, keras.layers.BatchNormalization) for l in layers)
     assert not any(isinstance(l, keras.layers.Dropout) for l in layers)
-    sn = [l for l in layers if isinstance(l, keras.layers.SpectralNormalization)]
+    sn = [l for l in layers if isinstance(l, nets.SpectralNormalization)]
     wrapped = {id(l.layer) for l in sn}
     kernels = [l for l in layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))]
     assert kernels and all(id(l) in wrapped for l in kernels)
@@ -133,9 +133,85 @@ def test_discriminator_spectral_norm(arch):
     for _ in range(30):
         disc(inputs, training=True)
     for l in sn:
-        k = l.layer.kernel.numpy()
+        k = l.normalized_kernel().numpy()
         top = np.linalg.svd(k.reshape(-1, k.shape[-1]), compute_uv=False)[0]
         assert abs(top - 1.0) < 0.1, (l.name, top)
+
+
+def _sn_dense(kernel, bias):
+    layer = nets.SpectralNormalization(keras.layers.Dense(kernel.shape[1]))
+    layer.build((None, kernel.shape[0]))
+    layer.layer.kernel.assign(kernel)
+    layer.layer.bias.assign(bias)
+    return layer
+
+
+def test_spectral_norm_computes_with_w_over_its_top_singular_value():
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(6, 4)).astype("float32")
+    bias = rng.normal(size=4).astype("float32")
+    x = rng.normal(size=(3, 6)).astype("float32")
+    layer = _sn_dense(kernel, bias)
+    for _ in range(50):  # one power iteration per training call
+        out = layer(x, training=True).numpy()
+    sigma = np.linalg.svd(kernel, compute_uv=False)[0]
+    np.testing.assert_allclose(out, x @ (kernel / sigma) + bias, rtol=1e-4, atol=1e-5)
+    # The kernel variable itself is never overwritten (Keras' layer writes W / sigma).
+    np.testing.assert_array_equal(layer.layer.kernel.numpy(), kernel)
+    u = layer.vector_u.numpy()
+    np.testing.assert_allclose(layer(x, training=False).numpy(), out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(layer.vector_u.numpy(), u)  # inference leaves u alone
+
+
+def test_spectral_norm_gradient_is_miyato_eq_12():
+    """dL/dW = (dL/dW_SN - <dL/dW_SN, W_SN> v u^T) / sigma, with sigma = v^T W u for the
+    stored singular vectors: the gradient also flows through sigma (Miyato et al. 2018)."""
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(5, 3))
+    layer = _sn_dense(kernel.astype("float32"), np.zeros(3, "float32"))
+    x = tf.constant(rng.normal(size=(4, 5)), tf.float32)
+    target = tf.constant(rng.normal(size=(4, 3)), tf.float32)
+    u_before = layer.vector_u.numpy().astype(np.float64)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(layer(x, training=True) - target))
+    grad = tape.gradient(loss, layer.layer.kernel).numpy()
+
+    # By hand, in float64: the call's power iteration, then eq. 12.
+    v = u_before @ kernel.T
+    v /= np.linalg.norm(v)
+    u = v @ kernel
+    u /= np.linalg.norm(u)
+    sigma = (v @ kernel @ u.T).item()
+    w_sn = kernel / sigma
+    d_out = 2 * (x.numpy() @ w_sn - target.numpy())
+    d_w_sn = x.numpy().T @ d_out
+    expected = (d_w_sn - np.sum(d_w_sn * w_sn) * (v.T @ u)) / sigma
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_spectral_norm_conv_matches_conv_with_the_normalised_kernel():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 6, 6, 3)).astype("float32")
+    for padding, shape in (("same", (6, 6, 3)), ("valid", (6, 6, 3))):
+        kernel = (rng.normal(size=(6 if padding == "valid" else 3,) * 2 + (3, 5))
+                  .astype("float32"))
+        conv = nets.Conv2D(5, kernel.shape[0], padding=padding, use_bias=True)
+        layer = nets.SpectralNormalization(conv)
+        layer.build((None,) + shape)
+        conv.kernel.assign(kernel)
+        conv.bias.assign(rng.normal(size=5).astype("float32"))
+        for _ in range(300):  # 108 x 5 Gaussian: sigma_2 / sigma_1 is near 1, slow to converge
+            out = layer(x, training=True).numpy()
+        sigma = np.linalg.svd(kernel.reshape(-1, 5), compute_uv=False)[0]
+        plain = keras.layers.Conv2D(5, kernel.shape[0], padding=padding)
+        plain.build((None,) + shape)
+        plain.set_weights([kernel / sigma, conv.bias.numpy()])
+        np.testing.assert_allclose(out, plain(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_spectral_norm_refuses_other_layers():
+    with pytest.raises(ArchitectureError, match="Dense or Conv2D"):
+        nets.SpectralNormalization(keras.layers.Conv2DTranspose(2, 3)).build((None, 4, 4, 1))
 
 
 def test_discriminator_direct_parts():
