@@ -460,9 +460,11 @@ class SpectralNormalization(keras.layers.SpectralNormalization):
     Keras' own layer instead writes W / sigma into the kernel before each call and takes
     the gradient w.r.t. that kernel, a projection without the second term. With it,
     whatever direction the loss keeps pushing grows and the renormalisation shrinks all
-    others each step, so D's layers drift towards rank one: a semi-supervised D (one
-    "real" direction shared by its K label logits) stayed at chance on its own 100
-    labelled digits, and learned them in 200 steps with this layer. The variables are
+    others each step, so D's layers drift towards rank one. On digits, 300 D steps of the
+    semi-supervised loss took the stable rank ||W||_F^2 / sigma_1^2 of 7 of D's 8 layers
+    from 8-120 down to 1.0-1.2 (with this layer: 5-89), and that D (one "real" direction
+    shared by its K label logits) stayed at chance on its own 100 labelled digits; with
+    this layer it learned them in 200 steps. The variables are
     Keras' (kernel, vector_u), so checkpoints written with it still restore (their
     kernels already have sigma = 1). Wraps Dense and this module's Conv2D.
     """
