@@ -10,6 +10,11 @@ writes, from the run's latest (or a given) checkpoint, the version directory
     <step>/generator/      SavedModel with signatures generate(z), reconstruct(images)
     <step>/metadata.json   variant, tuple set, shapes, value range, step, the run's flags
 
+A conditional run (ALI 4.4) exports E(x, y) and G(z, y): every signature takes the
+label vector `y` [batch, condition_dim] next to its images or z (one-hot classes, or
+CelebA's 40 attributes as 0/1 in `metadata.json`'s "condition" order), and __call__
+takes {"images": ..., "y": ...}.
+
 Keras' `model.export()` writes an inference-only artifact that `hub.KerasLayer` cannot
 fine-tune, so the encoder is hand-built: a `tf.train.Checkpoint` (as in the TF Hub docs)
 holding the variables and tf.functions that close over the restored Keras networks.
@@ -27,7 +32,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from gali_tf import training, tuples
+from gali_tf import data, training, tuples
 from gali_tf.model import ConfigError
 
 ENCODER_DIR = "encoder"
@@ -66,16 +71,16 @@ def _from_uint8(images, height: int, width: int):
     return tf.clip_by_value(images / 127.5 - 1.0, -1.0, 1.0)
 
 
-def _encoder_outputs(encoder, images, z_noise=None):
+def _encoder_outputs(encoder, images, z_noise=None, condition=None):
     """The encode signature's outputs on the z = mu (inference) path."""
-    mu, log_sigma = encoder(images, training=False)
+    mu, log_sigma = encoder(images, training=False, condition=condition)
     stdev = tf.exp(log_sigma) if log_sigma is not None else tf.zeros_like(mu)
     noise = tf.random.normal(tf.shape(mu)) if z_noise is None else z_noise
     return {
         "z_mean": mu,
         "z_stdev": stdev,
         "z_sample": mu + stdev * noise,
-        "features": encoder.features(images, training=False),
+        "features": encoder.features(images, training=False, condition=condition),
     }
 
 
@@ -83,43 +88,49 @@ class EncoderModule(tf.train.Checkpoint):
     """The reusable SavedModel of the encoder (TF Hub's reusable-SavedModel API).
 
     The Keras encoder is held by plain closures, not as a tracked attribute: only the
-    variable lists and the tf.functions are saved.
+    variable lists and the tf.functions are saved. With condition_dim > 0 (a conditional
+    run) every signature also takes y and __call__ takes {"images": ..., "y": ...}.
     """
 
-    def __init__(self, encoder, example_shape):
+    def __init__(self, encoder, example_shape, condition_dim: int = 0):
         super().__init__()
         self._features = encoder.features
-        self._outputs = lambda images: _encoder_outputs(encoder, images)
+        self._outputs = lambda images, y=None: _encoder_outputs(encoder, images, condition=y)
         self.variables = _tf_variables(encoder.variables)
         self.trainable_variables = _tf_variables(encoder.trainable_variables)
         self.regularization_losses = []  # E has no weight regularisers
         shape = tuple(int(s) for s in example_shape)
         spec = tf.TensorSpec((None,) + shape, tf.float32, name="images")
+        y_specs = _condition_specs(condition_dim)
+        call_spec = {"images": spec, "y": y_specs[0]} if y_specs else spec
         # Keras layers need `training` as a Python bool: trace both values.
-        self.__call__.get_concrete_function(spec, training=False)
-        self.__call__.get_concrete_function(spec, training=True)
+        self.__call__.get_concrete_function(call_spec, training=False)
+        self.__call__.get_concrete_function(call_spec, training=True)
 
-        def encode(images):
-            return self._outputs(_checked(images, spec.shape))
+        def encode(images, y=None):
+            return self._outputs(_checked(images, spec.shape), y)
 
-        self.encode = tf.function(encode, input_signature=[spec])
+        self.encode = tf.function(encode, input_signature=[spec] + y_specs)
 
-        def serving_default(images):
-            return {"features": self._features(_checked(images, spec.shape), training=False)}
+        def serving_default(images, y=None):
+            return {"features": self._features(_checked(images, spec.shape), training=False,
+                                               condition=y)}
 
-        self.serving_default = tf.function(serving_default, input_signature=[spec])
+        self.serving_default = tf.function(serving_default, input_signature=[spec] + y_specs)
         if len(shape) == 3:
             height, width, channels = shape
 
-            def encode_uint8(images):
+            def encode_uint8(images, y=None):
                 images = _checked(images, (None, None, None, channels))
-                return self._outputs(_from_uint8(images, height, width))
+                return self._outputs(_from_uint8(images, height, width), y)
 
             self.encode_uint8 = tf.function(encode_uint8, input_signature=[
-                tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")])
+                tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")] + y_specs)
 
     @tf.function
     def __call__(self, images, training=False):
+        if isinstance(images, dict):  # conditional: {"images": x, "y": y}
+            return self._features(images["images"], training=training, condition=images["y"])
         return self._features(images, training=training)
 
     def signatures(self) -> dict:
@@ -128,14 +139,24 @@ class EncoderModule(tf.train.Checkpoint):
         return {name: getattr(self, name).get_concrete_function() for name in names}
 
 
-class GeneratorModule(tf.train.Checkpoint):
-    """G's SavedModel: generate(z) and reconstruct(images) = G(mu(E(x))), inference mode."""
+def _condition_specs(condition_dim: int) -> list:
+    """[the y input's spec] for a conditional run, [] otherwise."""
+    if not int(condition_dim):
+        return []
+    return [tf.TensorSpec((None, int(condition_dim)), tf.float32, name="y")]
 
-    def __init__(self, encoder, generator, example_shape, latent_dim: int):
+
+class GeneratorModule(tf.train.Checkpoint):
+    """G's SavedModel: generate(z) and reconstruct(images) = G(mu(E(x))), inference mode;
+    generate(z, y) and reconstruct(images, y) for a conditional run."""
+
+    def __init__(self, encoder, generator, example_shape, latent_dim: int,
+                 condition_dim: int = 0):
         super().__init__()
         self.variables = _tf_variables(generator.variables) + _tf_variables(encoder.variables)
         shape = tuple(int(s) for s in example_shape)
         is_image = len(shape) == 3
+        y_specs = _condition_specs(condition_dim)
 
         def outputs(images):
             out = {"images": images}
@@ -143,17 +164,17 @@ class GeneratorModule(tf.train.Checkpoint):
                 out["images_uint8"] = _to_uint8(images)
             return out
 
-        def generate(z):
-            return outputs(generator(z, training=False))
+        def generate(z, y=None):
+            return outputs(generator(z, training=False, condition=y))
 
-        def reconstruct(images):
-            mu, _ = encoder(_checked(images, (None,) + shape), training=False)
-            return outputs(generator(mu, training=False))
+        def reconstruct(images, y=None):
+            mu, _ = encoder(_checked(images, (None,) + shape), training=False, condition=y)
+            return outputs(generator(mu, training=False, condition=y))
 
         self.generate = tf.function(generate, input_signature=[
-            tf.TensorSpec((None, int(latent_dim)), tf.float32, name="z")])
+            tf.TensorSpec((None, int(latent_dim)), tf.float32, name="z")] + y_specs)
         self.reconstruct = tf.function(reconstruct, input_signature=[
-            tf.TensorSpec((None,) + shape, tf.float32, name="images")])
+            tf.TensorSpec((None,) + shape, tf.float32, name="images")] + y_specs)
 
     def signatures(self) -> dict:
         return {"generate": self.generate.get_concrete_function(),
@@ -166,6 +187,7 @@ def metadata(run: training.RestoredRun, flags_text: Optional[str]) -> dict:
     record = run.record
     tuple_set = tuples.parse_tuple_set(record["tuples"])
     shape = [int(s) for s in record["example_shape"]]
+    condition_dim = int(record.get("condition_dim", 0))
     return {
         "format": FORMAT,
         "variant": tuple_set.name,
@@ -177,6 +199,9 @@ def metadata(run: training.RestoredRun, flags_text: Optional[str]) -> dict:
         "feature_dim": int(run.encoder.feature_width()),
         "stochastic_encoder": bool(record.get("stochastic_encoder", True)),
         "value_range": list(VALUE_RANGE),
+        # Conditional runs: what the signatures' y holds, column by column.
+        "condition": ({"dim": condition_dim, "columns": data.condition_columns(
+            record.get("dataset"), condition_dim)} if condition_dim else None),
         "step": int(run.step),
         "checkpoint": (run.checkpoint if "://" in run.checkpoint
                        else os.path.abspath(run.checkpoint)),
@@ -197,11 +222,12 @@ def write_metadata(path: str, values: dict) -> None:
 def _write_version(run: training.RestoredRun, directory: str, flags_text: Optional[str]) -> None:
     """Writes the three parts of a version into `directory` (a fresh temp dir)."""
     shape = run.record["example_shape"]
-    encoder_module = EncoderModule(run.encoder, shape)
+    condition_dim = int(run.record.get("condition_dim", 0))
+    encoder_module = EncoderModule(run.encoder, shape, condition_dim)
     tf.saved_model.save(encoder_module, os.path.join(directory, ENCODER_DIR),
                         signatures=encoder_module.signatures())
     generator_module = GeneratorModule(run.encoder, run.generator, shape,
-                                       run.record["latent_dim"])
+                                       run.record["latent_dim"], condition_dim)
     tf.saved_model.save(generator_module, os.path.join(directory, GENERATOR_DIR),
                         signatures=generator_module.signatures())
     write_metadata(os.path.join(directory, METADATA_FILE), metadata(run, flags_text))
@@ -256,9 +282,6 @@ def export_networks(run: training.RestoredRun, export_dir: str, overwrite: bool 
                     flags_text: Optional[str] = None) -> str:
     """Exports restored networks to `export_dir/<run.step>/`, atomically; returns it."""
     _check_export_dir(export_dir)
-    if run.conditional:
-        raise ConfigError("a conditional run's E and G take the label y, which the exported "
-                          "signatures do not have yet; use trainers.generate on the run")
     final = os.path.join(export_dir, str(run.step))
     if tf.io.gfile.exists(final) and not overwrite:
         raise ConfigError(f"--export_dir={export_dir}: version {run.step} already exists "

@@ -485,6 +485,13 @@ def condition_vector(labels: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
     return tf.one_hot(tf.cast(labels, tf.int32), info.num_classes, dtype=tf.float32)
 
 
+def condition_columns(dataset: str, condition_dim: int) -> list:
+    """What each column of y holds: CelebA's attribute names, else "class k" (one-hot)."""
+    if dataset in MULTI_LABEL_DATASETS:
+        return list(CELEBA_ATTRIBUTES)
+    return [f"class {k}" for k in range(int(condition_dim))]
+
+
 def make_conditional_dataset(cfg: DataConfig, info: DatasetInfo, split: str, batch_size: int,
                              **kwargs) -> tf.data.Dataset:
     """`make_dataset` with labels turned into conditioning vectors: (images, y) batches."""

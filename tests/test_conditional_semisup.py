@@ -12,7 +12,8 @@ import tensorflow as tf
 from gali_tf import data, networks, objectives, training
 from gali_tf.evaluation import suite
 from gali_tf.model import ConfigError, GALIModel, ModelConfig, StepNoise, check_model_config
-from trainers import generate
+from export import exporter
+from trainers import downstream, generate
 
 SHAPE = (8, 8, 1)
 
@@ -229,6 +230,38 @@ def test_run_records_the_conditioning_and_restore_rebuilds_it(conditional_run, s
     # Resuming with another conditioning is refused before anything is written.
     with pytest.raises(ConfigError, match="condition_dim"):
         training.train(_tiny_config(conditional_run, steps=2))
+
+
+def test_export_of_a_conditional_run_takes_y_in_every_signature(conditional_run, tmp_path):
+    version = exporter.export_run(conditional_run, str(tmp_path / "export"))
+    run = training.restore_networks(conditional_run)
+    meta = json.load(open(os.path.join(version, exporter.METADATA_FILE)))
+    assert meta["condition"] == {"dim": 10, "columns": [f"class {k}" for k in range(10)]}
+    encoder = tf.saved_model.load(os.path.join(version, exporter.ENCODER_DIR))
+    generator = tf.saved_model.load(os.path.join(version, exporter.GENERATOR_DIR))
+    x = tf.constant(data._digits_arrays("test", SHAPE)[0][:3])  # pylint: disable=protected-access
+    y = tf.one_hot([3, 7, 1], 10)
+    z = tf.constant(np.random.default_rng(0).normal(size=(3, 3)), tf.float32)
+
+    np.testing.assert_allclose(generator.signatures["generate"](z=z, y=y)["images"],
+                               run.generator(z, training=False, condition=y), atol=1e-5)
+    mu, _ = run.encoder(x, training=False, condition=y)
+    np.testing.assert_allclose(encoder.signatures["encode"](images=x, y=y)["z_mean"], mu,
+                               atol=1e-5)
+    # y is an input, not a constant of the trace: another y, another code (relative to
+    # the tiny outputs of a 1-step run; its G's tanh is saturated, so E shows it).
+    mu0 = encoder.signatures["encode"](images=x, y=tf.one_hot([0, 0, 0], 10))["z_mean"]
+    assert np.abs(mu0 - mu).max() > 1e-3 * np.abs(mu).max()
+    np.testing.assert_allclose(
+        generator.signatures["reconstruct"](images=x, y=y)["images"],
+        run.generator(mu, training=False, condition=y), atol=1e-5)
+    features = run.encoder.features(x, training=False, condition=y)
+    np.testing.assert_allclose(encoder({"images": x, "y": y}, training=False), features,
+                               atol=1e-5)
+    np.testing.assert_allclose(encoder.signatures["serving_default"](images=x, y=y)["features"],
+                               features, atol=1e-5)
+    with pytest.raises(ConfigError, match="conditional run's encoder takes the label"):
+        downstream.module_image_shape(os.path.join(version, exporter.ENCODER_DIR))
 
 
 def test_generate_writes_a_grid_of_classes_by_columns(conditional_run, tmp_path):

@@ -68,7 +68,12 @@ def module_image_shape(hub_module: str) -> tuple:
     metadata_path = os.path.join(os.path.dirname(os.path.normpath(hub_module)), "metadata.json")
     if tf.io.gfile.exists(metadata_path):
         with tf.io.gfile.GFile(metadata_path) as f:
-            return tuple(int(s) for s in json.load(f)["image_shape"])
+            metadata = json.load(f)
+        if metadata.get("condition"):
+            # E(x, y) of conditional ALI needs the label it would be asked to predict.
+            raise ConfigError(f"--hub_module={hub_module}: a conditional run's encoder takes "
+                              "the label y as input; classify with an unconditional export")
+        return tuple(int(s) for s in metadata["image_shape"])
     module = tf.saved_model.load(hub_module)
     call = getattr(module, "__call__", None)
     functions = call.concrete_functions if call is not None else []
