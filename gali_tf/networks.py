@@ -478,7 +478,7 @@ class SpectralNormalization(keras.layers.SpectralNormalization):
         super().build(input_shape)
 
     def _singular_vectors(self, weights, training):
-        u = self.vector_u.value
+        u = _unit(self.vector_u.value)  # Keras initialises it unnormalised
         v = _unit(ops.matmul(u, ops.transpose(weights)))
         if training:  # one power iteration per training call; u is stored for the next
             u = _unit(ops.matmul(v, weights))

@@ -152,6 +152,13 @@ def test_spectral_norm_computes_with_w_over_its_top_singular_value():
     bias = rng.normal(size=4).astype("float32")
     x = rng.normal(size=(3, 6)).astype("float32")
     layer = _sn_dense(kernel, bias)
+    # Before any training call, sigma comes from Keras' random (unnormalised) u, made a
+    # unit vector: v = u W^T / |u W^T|, sigma = v W u^T.
+    u = layer.vector_u.numpy() / np.linalg.norm(layer.vector_u.numpy())
+    v = u @ kernel.T / np.linalg.norm(u @ kernel.T)
+    sigma = (v @ kernel @ u.T).item()
+    np.testing.assert_allclose(layer(x, training=False).numpy(), x @ (kernel / sigma) + bias,
+                               rtol=1e-4, atol=1e-5)
     for _ in range(50):  # one power iteration per training call
         out = layer(x, training=True).numpy()
     sigma = np.linalg.svd(kernel, compute_uv=False)[0]
