@@ -1,7 +1,7 @@
 """The downstream trainer: a linear classifier on an exported encoder, and on raw pixels.
 
-The trainer runs in subprocesses: its absl flags (--dataset, --epochs, ...) would clash
-with trainers.main's if both were imported into one test process.
+The trainer runs in subprocesses, as users run it: its absl flags are defined by its
+`run()`, and parsing them in this process would leave them set for other tests.
 """
 
 import os

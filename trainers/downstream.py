@@ -24,20 +24,26 @@ import tensorflow as tf
 from gali_tf import data
 from gali_tf.model import ConfigError
 
-flags.DEFINE_string("hub_module", None, "Exported encoder directory, e.g. OUT/<step>/encoder.")
-flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10"],
-                  "Labelled image dataset (single-label classes).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
-flags.DEFINE_bool("fine_tune", False, "Also train the encoder's weights (hub.KerasLayer trainable).")
-flags.DEFINE_bool("raw_pixels", False,
-                  "Train the same linear classifier on flattened pixels instead (a baseline).")
-flags.DEFINE_integer("epochs", 10, "Passes over the train split.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed of the classifier's initialisation and data order.")
-flags.DEFINE_integer("verbose", 0, "tf_keras fit output: 0 silent, 1 bar, 2 one line per epoch.")
-
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined on demand, not at import: tests import this module next to
+    trainers.main, whose flags (--dataset, --data_dir, ...) would clash."""
+    flags.DEFINE_string("hub_module", None, "Exported encoder directory, e.g. OUT/<step>/encoder.")
+    flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10"],
+                      "Labelled image dataset (single-label classes).")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
+    flags.DEFINE_bool("fine_tune", False,
+                      "Also train the encoder's weights (hub.KerasLayer trainable).")
+    flags.DEFINE_bool("raw_pixels", False,
+                      "Train the same linear classifier on flattened pixels instead (a baseline).")
+    flags.DEFINE_integer("epochs", 10, "Passes over the train split.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+    flags.DEFINE_integer("seed", 0, "Seed of the classifier's initialisation and data order.")
+    flags.DEFINE_integer("verbose", 0,
+                         "tf_keras fit output: 0 silent, 1 bar, 2 one line per epoch.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +185,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    define_flags()
     app.run(main)
 
 
