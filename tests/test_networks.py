@@ -171,8 +171,9 @@ def test_spectral_norm_computes_with_w_over_its_top_singular_value():
 
 
 def test_spectral_norm_gradient_is_miyato_eq_12():
-    """dL/dW = (dL/dW_SN - <dL/dW_SN, W_SN> v u^T) / sigma, with sigma = v^T W u for the
-    stored singular vectors: the gradient also flows through sigma (Miyato et al. 2018)."""
+    """dL/dW = (dL/dW_SN - <dL/dW_SN, W_SN> v^T u) / sigma, with sigma = v W u^T for the
+    call's singular vectors (rows; W is [in, out]): the gradient also flows through sigma
+    (Miyato et al. 2018)."""
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(5, 3))
     layer = _sn_dense(kernel.astype("float32"), np.zeros(3, "float32"))
