@@ -187,7 +187,7 @@ def metadata(run: training.RestoredRun, flags_text: Optional[str]) -> dict:
     record = run.record
     tuple_set = tuples.parse_tuple_set(record["tuples"])
     shape = [int(s) for s in record["example_shape"]]
-    condition_dim = int(record.get("condition_dim", 0))
+    condition_dim = run.condition_dim
     return {
         "format": FORMAT,
         "variant": tuple_set.name,
@@ -222,12 +222,11 @@ def write_metadata(path: str, values: dict) -> None:
 def _write_version(run: training.RestoredRun, directory: str, flags_text: Optional[str]) -> None:
     """Writes the three parts of a version into `directory` (a fresh temp dir)."""
     shape = run.record["example_shape"]
-    condition_dim = int(run.record.get("condition_dim", 0))
-    encoder_module = EncoderModule(run.encoder, shape, condition_dim)
+    encoder_module = EncoderModule(run.encoder, shape, run.condition_dim)
     tf.saved_model.save(encoder_module, os.path.join(directory, ENCODER_DIR),
                         signatures=encoder_module.signatures())
     generator_module = GeneratorModule(run.encoder, run.generator, shape,
-                                       run.record["latent_dim"], condition_dim)
+                                       run.record["latent_dim"], run.condition_dim)
     tf.saved_model.save(generator_module, os.path.join(directory, GENERATOR_DIR),
                         signatures=generator_module.signatures())
     write_metadata(os.path.join(directory, METADATA_FILE), metadata(run, flags_text))

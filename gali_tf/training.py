@@ -193,8 +193,13 @@ class RestoredRun:
     discriminator: Optional[networks.Discriminator] = None
 
     @property
+    def condition_dim(self) -> int:
+        """Width of y for a conditional run (E(x, y), G(z, y)); 0 otherwise."""
+        return int(self.record.get("condition_dim", 0))
+
+    @property
     def conditional(self) -> bool:
-        return int(self.record.get("condition_dim", 0)) > 0
+        return self.condition_dim > 0
 
 
 def restore_networks(model_dir: str, checkpoint: Optional[str] = None,

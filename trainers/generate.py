@@ -123,7 +123,8 @@ def condition_rows(opts: GenerateOptions, dataset: str, condition_dim: int):
             raise ConfigError(f"--classes={','.join(classes)}: {text!r} is not a class of "
                               f"--dataset={dataset} (0..{condition_dim - 1})")
         indices.append(k)
-    return ([f"class {k}" for k in indices], np.eye(condition_dim, dtype=np.float32)[indices],
+    columns = data.condition_columns(dataset, condition_dim)
+    return ([columns[k] for k in indices], np.eye(condition_dim, dtype=np.float32)[indices],
             [[k] for k in indices])
 
 
@@ -138,7 +139,7 @@ def generate_run(opts: GenerateOptions) -> GenerateResult:
     if not run.conditional:
         raise ConfigError(f"--model_dir={opts.model_dir}: not a conditional run (train it with "
                           "--conditional)")
-    dataset, condition_dim = run.record["dataset"], int(run.record["condition_dim"])
+    dataset, condition_dim = run.record["dataset"], run.condition_dim
     names, rows, asked = condition_rows(opts, dataset, condition_dim)
     classifier = None
     if opts.classifier:
