@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from gali_tf import networks, tuples
 from gali_tf.model import ConfigError
 from export import exporter
+from trainers import cli
 
 flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
 flags.DEFINE_string("export_dir", None, "Directory of versioned exports: writes EXPORT_DIR/<step>/.")
@@ -29,8 +30,7 @@ INPUT_ERRORS = (ConfigError, networks.ArchitectureError, tuples.TupleError)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     try:
         if not FLAGS.model_dir:
             raise ConfigError("--model_dir is required: the run directory to export")
@@ -48,7 +48,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (gali-export)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

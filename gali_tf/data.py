@@ -7,13 +7,17 @@ errors can name the flag as `--field`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Callable
+import re
+import sys
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 DATASETS = ("digits", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
 SPLITS = ("train", "test")
@@ -53,7 +57,11 @@ TOY25_STD = 0.05
 _TOY25_SIZES = {"train": (100_000, 0), "test": (10_000, 1)}  # split -> (n, RandomState seed)
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_IMAGE_MAGICS = (_JPEG_MAGIC, b"\x89PNG")
+# What a whole file ends with: JPEG's EOI marker, PNG's empty IEND chunk with its CRC.
+_JPEG_END = b"\xff\xd9"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,8 @@ class DataConfig:
     image_size: int | None = None  # None = the dataset's default
     channels: int | None = None  # None = the dataset's default (digits 1, others 3)
     shuffle_buffer: int = 10_000
+    # dataset="folder": leave out unreadable images (one warning line) instead of failing.
+    skip_bad_images: bool = False
 
 
 class DataError(ValueError):
@@ -156,9 +166,17 @@ def _finish_uint8_image(image: tf.Tensor, shape: tuple[int, int, int]) -> tf.Ten
 # ------------------------------------------------------------------------- pipeline
 
 
+@dataclasses.dataclass(frozen=True)
+class _DatasetStep:
+    """Preprocessing applied to the whole stream rather than mapped per example: what a
+    source needs when decoding may drop an example or must name the one that failed."""
+
+    apply: Callable[[tf.data.Dataset], tf.data.Dataset]
+
+
 def _pipeline(
     ds: tf.data.Dataset,
-    preprocess: Callable | None,
+    preprocess: Callable | _DatasetStep | None,
     *,
     cfg: DataConfig,
     batch_size: int,
@@ -174,7 +192,9 @@ def _pipeline(
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if preprocess is not None:
+    if isinstance(preprocess, _DatasetStep):
+        ds = preprocess.apply(ds)
+    elif preprocess is not None:
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if group > 1:
         ds = ds.batch(group, drop_remainder=True)
@@ -338,7 +358,7 @@ def _tfds_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_lab
 
 
 def _folder_files(cfg: DataConfig) -> list[str]:
-    """Sorted image paths under --image_dir, each checked to start like a JPEG/PNG."""
+    """Sorted image paths under --image_dir (by extension; not yet checked)."""
     image_dir = cfg.image_dir
     if not image_dir or not os.path.isdir(image_dir):
         raise DataError(f"--image_dir={image_dir}: no such directory")
@@ -350,18 +370,95 @@ def _folder_files(cfg: DataConfig) -> list[str]:
     )
     if not paths:
         raise DataError(f"--image_dir={image_dir}: no .jpg/.jpeg/.png files found")
-    for path in paths:
-        # Reading only the magic bytes keeps validation cheap on large folders.
-        try:
-            with open(path, "rb") as f:
-                head = f.read(4)
-        except OSError:
-            head = b""
-        if not head.startswith(_IMAGE_MAGICS):
-            raise DataError(
-                f"--image_dir: cannot read image {path!r} (not a JPEG or PNG)"
-            )
     return paths
+
+
+def _read_ends(path: str) -> tuple[bytes, bytes]:
+    """The first 4 and the last len(_PNG_END) bytes of a file: two small reads."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - len(_PNG_END)))
+        return head, f.read()
+
+
+def _decode_problem(path: str) -> Optional[str]:
+    """Why PIL cannot decode `path` in full (None: it can)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Image.DecompressionBombError:
+        return None  # whole but huge: PIL's guard against bombs, not a damaged file
+    except Exception as error:  # pylint: disable=broad-except
+        # PIL raises OSError, SyntaxError, ValueError... depending on where the damage is.
+        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
+        return f"truncated or corrupt: {reason or type(error).__name__}"
+    return None
+
+
+# (path, size, mtime_ns) -> problem or None: a file is judged once per process unless
+# it changes, so dataset_info and each split's pipeline do not decode it again.
+_VERDICTS: dict = {}
+
+
+def _image_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be a training image (None: it looks whole).
+
+    Cheap where most files are fine: the magic bytes and the format's end marker (two
+    small reads) catch the usual damage, a copy or download cut short. A missing end
+    marker alone does not condemn a file (some cameras append data after a JPEG's EOI):
+    such a file is decoded in full, and that decides. Damage that leaves both ends
+    intact is caught when the pipeline decodes the file (`_folder_decoding`).
+    """
+    try:
+        stat = os.stat(path)
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key not in _VERDICTS:
+            head, tail = _read_ends(path)
+            if not head.startswith(_IMAGE_MAGICS):
+                _VERDICTS[key] = "not a JPEG or PNG"
+            elif tail.endswith(_JPEG_END if head.startswith(_JPEG_MAGIC) else _PNG_END):
+                _VERDICTS[key] = None
+            else:
+                _VERDICTS[key] = _decode_problem(path)
+        return _VERDICTS[key]
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+
+
+def _unreadable_message(path: str, problem: str, others: int = 0) -> str:
+    more = f" and {others} more unreadable image(s)" if others else ""
+    return (f"--image_dir: cannot read image {path!r} ({problem}){more}; delete or replace "
+            f"{'them' if others else 'it'}, or pass --skip_bad_images to leave unreadable "
+            "images out")
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning line on stderr, once per process (every pipeline of a run checks)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _readable(cfg: DataConfig, paths: list[str], what: str) -> list[str]:
+    """`paths` without unreadable images when --skip_bad_images (one warning line);
+    else a DataError naming the first unreadable one."""
+    bad = [(path, problem) for path in paths if (problem := _image_problem(path))]
+    if not bad:
+        return paths
+    path, problem = bad[0]
+    if not cfg.skip_bad_images:
+        raise DataError(_unreadable_message(path, problem, len(bad) - 1))
+    if len(bad) == len(paths):
+        raise DataError(f"--image_dir={cfg.image_dir}: all {len(paths)} images of the {what} "
+                        f"are unreadable (first: {path!r}, {problem})")
+    _warn_once(f"--image_dir={cfg.image_dir}: leaving out {len(bad)} unreadable image(s) of "
+               f"{len(paths)} in the {what} (first: {path!r}, {problem})")
+    skipped = {p for p, _ in bad}
+    return [p for p in paths if p not in skipped]
 
 
 def _folder_num_test(num_files: int) -> int:
@@ -369,10 +466,77 @@ def _folder_num_test(num_files: int) -> int:
     return num_files // 10
 
 
+def _folder_split(cfg: DataConfig, split: str) -> list[str]:
+    """The readable paths of a split. The split is cut before unreadable files are left
+    out, so --skip_bad_images never moves a file between train and test."""
+    paths = _folder_files(cfg)
+    num_train = len(paths) - _folder_num_test(len(paths))
+    paths = paths[:num_train] if split == "train" else paths[num_train:]
+    return _readable(cfg, paths, f"{split} split") if paths else paths
+
+
 def _folder_info(cfg: DataConfig) -> DatasetInfo:
-    num = len(_folder_files(cfg))
-    num_test = _folder_num_test(num)
-    return DatasetInfo(cfg.dataset, _image_shape(cfg), num - num_test, num_test, 0, True)
+    num_train = len(_folder_split(cfg, "train"))
+    num_test = len(_folder_split(cfg, "test"))
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), num_train, num_test, 0, True)
+
+
+# Brackets the path in the message of the assertion that stops a pipeline at an
+# image that fails to decode; `unreadable_image_error` finds it there.
+_UNREADABLE_OPEN = "<<gali_tf.data unreadable image:"
+_UNREADABLE_CLOSE = ">>"
+_UNREADABLE_PATTERN = re.compile(
+    re.escape(f"[{_UNREADABLE_OPEN}] [") + "(.*?)" + re.escape(f"] [{_UNREADABLE_CLOSE}]"),
+    re.DOTALL)
+
+
+def _decode_or_flag(decode: Callable, shape: tuple[int, int, int]) -> Callable:
+    """path -> a one-element dataset (path, image, decoded): decoded is False, with a
+    zero image, where `decode` fails. tf.data has no try/except; ignore_errors on a
+    dataset of one element is how a failed decode becomes a value that names its file."""
+    def one(path):
+        decoded = tf.data.Dataset.from_tensors(path).map(lambda p: (p, decode(p), True))
+        failed = tf.data.Dataset.from_tensors((path, tf.zeros(shape), False))
+        return decoded.ignore_errors().concatenate(failed).take(1)
+    return one
+
+
+def _stop_at_unreadable(path, image, ok):
+    check = tf.debugging.Assert(ok, [_UNREADABLE_OPEN, path, _UNREADABLE_CLOSE])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def _keep_readable(cfg: DataConfig) -> Callable:
+    def keep(path, image, ok):
+        del image
+
+        def report():
+            tf.print(tf.strings.join([f"warning: --image_dir={cfg.image_dir}: leaving out "
+                                      "unreadable image ", path]), output_stream=sys.stderr)
+            return ok
+        return tf.cond(ok, lambda: ok, report)
+    return keep
+
+
+def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetStep:
+    """Paths -> images. A file that passed `_image_problem` but still fails to decode
+    (damaged between its intact ends, or changed since) stops the pipeline with an
+    error that `unreadable_image_error` turns into a DataError naming it, or is left out
+    with a warning line under --skip_bad_images."""
+    def decode(path):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=shape[-1], expand_animations=False
+        )
+        return _finish_uint8_image(_central_square_crop(image), shape)
+
+    def apply(ds):
+        ds = ds.interleave(_decode_or_flag(decode, shape),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if cfg.skip_bad_images:
+            return ds.filter(_keep_readable(cfg)).map(lambda path, image, ok: image)
+        return ds.map(_stop_at_unreadable)
+    return _DatasetStep(apply)
 
 
 def _folder_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
@@ -382,23 +546,36 @@ def _folder_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_l
             f"--dataset=folder (--image_dir={cfg.image_dir}) has no labels "
             "(with_labels needs a labelled dataset)"
         )
-    paths = _folder_files(cfg)
-    num_train = len(paths) - _folder_num_test(len(paths))
-    paths = paths[:num_train] if split == "train" else paths[num_train:]
+    paths = _folder_split(cfg, split)
     if not paths:
         raise DataError(
             f"--image_dir={cfg.image_dir}: no {split} split "
             "(the last 10% of files is the test split; needs at least 10 files)"
         )
-    shape = _image_shape(cfg)
+    return tf.data.Dataset.from_tensor_slices(paths), _folder_decoding(cfg, _image_shape(cfg))
 
-    def preprocess(path):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=shape[-1], expand_animations=False
-        )
-        return _finish_uint8_image(_central_square_crop(image), shape)
 
-    return tf.data.Dataset.from_tensor_slices(paths), preprocess
+def unreadable_image_error(error: BaseException) -> Optional[DataError]:
+    """The DataError naming the file, when `error` is a folder pipeline stopping at an
+    image that failed to decode (raised from iteration, e.g. inside Keras' fit); else None."""
+    match = _UNREADABLE_PATTERN.search(str(error))
+    if not isinstance(error, tf.errors.OpError) or match is None:
+        return None
+    return DataError(_unreadable_message(match.group(1), "truncated or corrupt: it failed "
+                                         "to decode during the run"))
+
+
+@contextlib.contextmanager
+def naming_unreadable_images() -> Iterator[None]:
+    """Around code that iterates a folder dataset (fit, evaluation): a file that fails to
+    decode mid-run becomes one DataError line naming it instead of a TF traceback."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        data_error = unreadable_image_error(error)
+        if data_error is None:
+            raise
+        raise data_error from None
 
 
 # ------------------------------------------------------------------------ public API

@@ -170,7 +170,15 @@ def _read_value_range(path: str, flag: str) -> Tuple[float, float]:
         return (-1.0, 1.0)
     try:
         with tf.io.gfile.GFile(metadata_path) as f:
-            value_range = json.load(f).get("value_range", [-1.0, 1.0])
+            metadata = json.load(f)
+    except (ValueError, UnicodeDecodeError, OSError, tf.errors.OpError) as error:
+        raise FeatureModelError(f"{flag}: {metadata_path} is not readable JSON ({error}); "
+                                "fix or delete it (without it [-1, 1] is assumed)") from None
+    if not isinstance(metadata, dict):
+        raise FeatureModelError(f"{flag}: {metadata_path} holds a JSON "
+                                f"{type(metadata).__name__}, not an object")
+    value_range = metadata.get("value_range", [-1.0, 1.0])
+    try:
         lo, hi = (float(v) for v in value_range)
     except (ValueError, TypeError) as error:
         raise FeatureModelError(f"{flag}: unreadable value_range in {metadata_path} "

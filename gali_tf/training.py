@@ -8,6 +8,7 @@ existing checkpoint has been restored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -24,7 +25,8 @@ import tensorflow as tf
 
 from gali_tf import data as data_lib
 from gali_tf import features as features_lib
-from gali_tf import networks, tuples
+from gali_tf import execution as execution_lib
+from gali_tf import networks, run_dir, tuples
 from gali_tf.evaluation import inpainting, reconstruction
 from gali_tf.model import (ConfigError, GALIModel, ModelConfig, check_model_config,
                            discriminator_outputs)
@@ -34,9 +36,9 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 # Exit status of a trainer that saved a checkpoint at SIGTERM and stopped early
 # (TensorFlow's restart code on Borg; job schedulers can restart on it).
 PREEMPTED_EXIT_CODE = 42
-RUN_RECORD = "run.json"
-FLAGS_FILE = "flags.txt"
-CHECKPOINT_DIR = "checkpoints"
+RUN_RECORD = run_dir.RUN_RECORD
+FLAGS_FILE = run_dir.FLAGS_FILE
+CHECKPOINT_DIR = run_dir.CHECKPOINT_DIR
 
 # Fields of the run record that decide the variables' shapes and meaning: a
 # checkpoint written under other values cannot be resumed.
@@ -60,13 +62,16 @@ class TrainConfig:
     epochs: int = 200
     steps: int = 0                   # total E/G steps; > 0 overrides epochs
     strategy: str = "auto"           # auto: mirrored when > 1 GPU, else default
-    jit_compile: Optional[bool] = None   # None: XLA on a single device, off under a strategy
+    jit_compile: Optional[bool] = None   # None: measured at start-up (gali_tf.execution)
     steps_per_execution: int = 1
     log_every: int = 50
     image_every: int = 500
     checkpoint_every: int = 500      # also saved at SIGTERM and at the end
     keep_checkpoints: int = 3
     verbose: int = 1
+    # Resume with training flags other than the run's (they take effect; the run's
+    # flags_history.jsonl records the change).
+    allow_flag_changes: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,28 +125,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-def latest_complete_checkpoint(directory: str) -> Optional[str]:
-    """The newest checkpoint recorded in `directory`'s state file that is on disk.
-
-    tf.train.CheckpointManager writes a checkpoint's data and index first and only then
-    names it in the `checkpoint` state file (written to a temp file and renamed), so a
-    process killed while saving leaves a stray data/index file or `_temp` directory
-    that is in no state file: never picked up here. Unlike tf.train.latest_checkpoint,
-    which returns None when the newest recorded checkpoint lost its files (a resumed
-    run would silently start over), this falls back to the next newest recorded one.
-    """
-    state = tf.train.get_checkpoint_state(directory)
-    if state is None:
-        return None
-    recorded = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
-    complete = {}
-    for path in recorded:
-        if not os.path.isabs(path) and "://" not in path:
-            path = os.path.join(directory, path)
-        suffix = path.rsplit("-", 1)[-1]
-        if suffix.isdigit() and tf.io.gfile.exists(path + ".index"):
-            complete[int(suffix)] = path
-    return complete[max(complete)] if complete else None
+latest_complete_checkpoint = run_dir.latest_complete_checkpoint
 
 
 def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> dict:
@@ -162,15 +146,44 @@ def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> d
         # Semi-supervised ALI: D's label_classes (above) and the labelled subset.
         "num_labeled": config.model.num_labeled,
         "labeled_seed": config.model.labeled_seed,
+        # Where the data was, absolute, so evaluation finds it from any working directory.
+        "data_dir": _absolute(config.data.data_dir),
+        "image_dir": _absolute(config.data.image_dir),
+        # What the run computes, compared on resume (check_resumable).
+        "training": training_settings(config),
     }
 
 
-def load_run_record(model_dir: str) -> Optional[dict]:
-    path = os.path.join(model_dir, RUN_RECORD)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+def _absolute(path: Optional[str]) -> Optional[str]:
+    return os.path.abspath(path) if path and "://" not in path else path
+
+
+# TrainConfig fields that say how long or how a session runs, not what it computes:
+# they may change from one session of a run to the next. Every other flag is part of
+# the run (changing it needs allow_flag_changes). mixed_precision is here because a run
+# resumes under another policy by design (build_model keeps the Adam states unwrapped).
+SESSION_FIELDS = frozenset({
+    "model_dir", "steps", "epochs", "strategy", "jit_compile", "steps_per_execution",
+    "mixed_precision", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
+    "verbose", "allow_flag_changes", "data_dir", "skip_bad_images",
+    # Derived from the data and strategy, and compared as architecture instead.
+    "example_shape", "feature_dim", "condition_dim", "label_classes", "synchronized_bn"})
+
+
+def training_settings(config: TrainConfig) -> dict:
+    """The run's flags that decide what it computes, by flag name."""
+    settings = {}
+    for part in (config, config.data, config.network, config.model):
+        for field in dataclasses.fields(part):
+            value = getattr(part, field.name)
+            if field.name not in SESSION_FIELDS and not dataclasses.is_dataclass(value):
+                settings[field.name] = value
+    # The same folder named from another working directory is the same data.
+    settings["image_dir"] = _absolute(settings.get("image_dir"))
+    return settings
+
+
+load_run_record = run_dir.read_run_record
 
 
 def network_config_from_record(record: dict) -> networks.NetworkConfig:
@@ -202,6 +215,29 @@ class RestoredRun:
         return self.condition_dim > 0
 
 
+def checkpoint_to_restore(model_dir: str, checkpoint: Optional[str] = None) -> str:
+    """`checkpoint`, or the run's newest complete one; refuses (one line) a missing,
+    damaged or diverged (NaN/Inf weights) checkpoint rather than restoring it."""
+    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+    if checkpoint:
+        if not tf.io.gfile.exists(checkpoint + ".index"):
+            raise ConfigError(f"--checkpoint={checkpoint}: no such checkpoint (expected a "
+                              "prefix like RUN/checkpoints/ckpt-1000)")
+        path, flag = checkpoint, f"--checkpoint={checkpoint}"
+    else:
+        path = run_dir.latest_complete_checkpoint(checkpoint_dir)
+        if not path:
+            raise ConfigError(f"--model_dir={model_dir}: no checkpoint in {checkpoint_dir} "
+                              "that can be restored")
+        flag = f"--model_dir={model_dir}"
+    problem = run_dir.checkpoint_problem(path)
+    if problem:
+        earlier = "" if checkpoint else "; pass --checkpoint=<an earlier one> to use that"
+        raise ConfigError(f"{flag}: checkpoint {os.path.basename(path)} cannot be used: "
+                          f"{problem}{earlier}")
+    return path
+
+
 def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
                      with_discriminator: bool = False) -> RestoredRun:
     """Rebuilds E and G (and D if asked) from `model_dir/run.json` and restores them
@@ -216,13 +252,7 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
                           "directory written by trainers.main)")
     network_config = dataclasses.replace(network_config_from_record(record),
                                          synchronized_bn=False)
-    path = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
-    if not path:
-        raise ConfigError(f"--model_dir={model_dir}: no checkpoint in "
-                          f"{os.path.join(model_dir, CHECKPOINT_DIR)}")
-    if not tf.io.gfile.exists(path + ".index"):
-        raise ConfigError(f"--checkpoint={path}: no such checkpoint (expected a prefix "
-                          "like RUN/checkpoints/ckpt-1000)")
+    path = checkpoint_to_restore(model_dir, checkpoint)
     encoder = networks.build_encoder(network_config)
     generator = networks.build_generator(network_config)
     parts = {"encoder": encoder, "generator": generator}
@@ -239,15 +269,17 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
         first_line = str(error).strip().splitlines()[0][:200]
         raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
                           f"not match the networks in {RUN_RECORD} ({first_line})") from None
-    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
+    step = run_dir.checkpoint_step(path) or 0
     return RestoredRun(encoder, generator, record, path, step, parts.get("discriminator"))
 
 
-def check_resumable(model_dir: str, record: dict) -> None:
-    """Refuses a model_dir whose run used another architecture or tuple set."""
+def check_resumable(model_dir: str, record: dict, allow_flag_changes: bool = False) -> dict:
+    """Refuses a model_dir whose run used another architecture or tuple set, or (unless
+    `allow_flag_changes`) other training flags; returns the changed training flags as
+    {name: (previous, now)}."""
     previous = load_run_record(model_dir)
     if previous is None:
-        return
+        return {}
     def value(rec, k):
         return rec.get(k, _RECORD_DEFAULTS.get(k))
     diffs = [f"{k}={value(previous, k)!r} (now {value(record, k)!r})"
@@ -255,6 +287,14 @@ def check_resumable(model_dir: str, record: dict) -> None:
     if diffs:
         raise ConfigError(f"--model_dir={model_dir} holds a run with other settings: "
                           f"{', '.join(diffs)}; use a new --model_dir")
+    # Records written before the training settings were kept are not compared.
+    changes = run_dir.changed_settings(previous.get("training", {}), record["training"])
+    if changes and not allow_flag_changes:
+        listed = ", ".join(f"--{k}={old!r} (now {new!r})" for k, (old, new) in changes.items())
+        raise ConfigError(f"--model_dir={model_dir} was trained with other flags: {listed}; "
+                          "pass --allow_flag_changes to resume with the new values, or use "
+                          "a new --model_dir")
+    return changes
 
 
 def _check_model_dir(model_dir: str) -> None:
@@ -329,8 +369,11 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     """
     check_model_config(config.model)
     _check_model_dir(config.model_dir)
-    if config.batch_size < 1 or config.steps < 0 or config.epochs < 0:
-        raise ConfigError("--batch_size must be >= 1 and --steps/--epochs >= 0")
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch_size={config.batch_size}: expected >= 1")
+    if config.steps < 0 or config.epochs < 0 or not (config.steps or config.epochs):
+        raise ConfigError(f"--steps={config.steps} --epochs={config.epochs}: expected a "
+                          "number of steps > 0, or of epochs > 0 with --steps=0")
     if config.steps_per_execution < 1:
         raise ConfigError(f"--steps_per_execution={config.steps_per_execution}: expected >= 1")
     # Before any other TF op: MultiWorkerMirroredStrategy configures the runtime.
@@ -351,50 +394,138 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     feature_model = features_lib.load_feature_model(feature_config(config.model))
     model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
     record = run_record(config, network_config)
-    check_resumable(config.model_dir, record)
+    changes = check_resumable(config.model_dir, record, config.allow_flag_changes)
+    previous_execution = (load_run_record(config.model_dir) or {}).get("execution")
+    chief = is_chief(strategy)
+    # Multi-worker runs lock on the chief: the other workers write to temp directories.
+    with (_locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
+        start_step = _resume(config, model, checkpoint, chief)
+        train_ds = _train_dataset(config, info, start_step)
+        if start_step == 0:
+            first = next(iter(train_ds))
+            first = first[0] if isinstance(first, tuple) else first
+            first = first[:, -1] if config.model.n_dis > 1 else first
+            model.generator.set_output_bias_from_images(first)
+        execution = execution_lib.choose_jit_compile(
+            config.jit_compile, model, train_ds, strategy.num_replicas_in_sync,
+            config.model.mixed_precision, config.batch_size, previous_execution,
+            will_train=start_step < model.total_steps)
+        if config.verbose:
+            print(f"{config.model_dir}: {execution.summary()}")
+        record = {**record, "execution": execution.as_record()}
+        # Only now, with inputs checked and the checkpoint restored, write to model_dir.
+        write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="gali_worker_")
+        try:
+            _write_run_files(config, write_dir, record, flags_text, start_step, changes)
+            return _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds,
+                                     start_step, write_dir, chief, feature_model,
+                                     execution.jit_compile)
+        except Exception as error:  # pylint: disable=broad-except
+            reason = run_dir.storage_failure(error)
+            if reason is None:
+                raise
+            run_dir.remove_failed_saves(os.path.join(write_dir, CHECKPOINT_DIR))
+            raise ConfigError(f"--model_dir={config.model_dir}: cannot write ({reason}); "
+                              "free space or fix the permissions, then run the same command "
+                              "again to resume from the last checkpoint") from None
+        finally:
+            if not chief:
+                shutil.rmtree(write_dir, ignore_errors=True)
 
+
+@contextlib.contextmanager
+def _locked_run_dir(model_dir: str):
+    """Creates `model_dir` if needed and holds its trainer lock; a directory this call
+    created is removed again if the session fails before writing anything to it."""
+    created = not tf.io.gfile.exists(model_dir)
+    try:
+        tf.io.gfile.makedirs(model_dir)
+    except (OSError, tf.errors.OpError) as error:
+        raise ConfigError(f"--model_dir={model_dir}: cannot create it "
+                          f"({_first_line(error)})") from None
+    lock = run_dir.TrainerLock(model_dir)
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise ConfigError(f"--model_dir={model_dir}: cannot write its lock file "
+                          f"({_first_line(error)})") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+        if created and tf.io.gfile.listdir(model_dir) == [run_dir.LOCK_FILE]:
+            tf.io.gfile.rmtree(model_dir)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def _resume(config: TrainConfig, model, checkpoint: tf.train.Checkpoint, chief: bool) -> int:
+    """Restores the newest usable checkpoint of the run, if any; returns the start step.
+
+    Checkpoints whose files are damaged or whose weights are not finite are skipped
+    with a warning; the chief then rewrites the state file without them, so the
+    checkpoint manager neither counts them when rotating nor skips saving their step.
+    """
     checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
-    latest = latest_complete_checkpoint(checkpoint_dir)
-    if latest is None and tf.train.get_checkpoint_state(checkpoint_dir) is not None:
-        raise ConfigError(f"--model_dir={config.model_dir}: {checkpoint_dir} records "
-                          "checkpoints but none of them is on disk; use a new --model_dir")
-    if latest:
-        _restore(checkpoint, latest, config.model_dir)
+    search = run_dir.find_checkpoint(checkpoint_dir, skip_nonfinite=True)
+    if search.path is None and search.recorded:
+        raise ConfigError(f"--model_dir={config.model_dir}: none of the checkpoints in "
+                          f"{checkpoint_dir} can be restored (see the warnings above); move "
+                          "them away to start over, or use a new --model_dir")
+    if chief:
+        run_dir.remove_failed_saves(checkpoint_dir)
+        if search.skipped or not search.state_readable:
+            run_dir.rewrite_checkpoint_state(
+                checkpoint_dir, [p for p in search.recorded if p not in search.skipped])
+    if search.path is None:
+        return 0
+    _restore(checkpoint, search.path, config.model_dir)
+    # The learning rate is a checkpointed optimizer variable: without this, a changed
+    # --learning_rate (allow_flag_changes) would not take effect.
+    for optimizer in (model.d_adam, model.g_adam):
+        optimizer.learning_rate = config.model.learning_rate
     start_step = int(model.step.numpy())
-    if latest and config.verbose:
-        print(f"{config.model_dir}: resuming from {os.path.basename(latest)} (step {start_step})")
+    if config.verbose:
+        print(f"{config.model_dir}: resuming from {os.path.basename(search.path)} "
+              f"(step {start_step})")
+    return start_step
 
+
+def _train_dataset(config: TrainConfig, info: data_lib.DatasetInfo,
+                   start_step: int) -> tf.data.Dataset:
     # A resumed run reshuffles from a seed tied to its start step, so the data
     # order of every (run, start step) is reproducible.
     train_seed = config.model.seed + start_step
     if config.model.num_labeled:
-        train_ds = data_lib.make_semi_supervised_dataset(
+        return data_lib.make_semi_supervised_dataset(
             config.data, info, config.batch_size, config.model.num_labeled,
             config.model.labeled_seed, seed=train_seed, group=config.model.n_dis)
-    elif config.model.conditional:
-        train_ds = data_lib.make_conditional_dataset(
+    if config.model.conditional:
+        return data_lib.make_conditional_dataset(
             config.data, info, "train", config.batch_size, shuffle=True, repeat=True,
             seed=train_seed, group=config.model.n_dis)
-    else:
-        train_ds = data_lib.make_dataset(
-            config.data, "train", config.batch_size, shuffle=True, repeat=True,
-            seed=train_seed, group=config.model.n_dis)
-    if start_step == 0:
-        first = next(iter(train_ds))
-        first = first[0] if isinstance(first, tuple) else first
-        first = first[:, -1] if config.model.n_dis > 1 else first
-        model.generator.set_output_bias_from_images(first)
+    return data_lib.make_dataset(
+        config.data, "train", config.batch_size, shuffle=True, repeat=True,
+        seed=train_seed, group=config.model.n_dis)
 
-    chief = is_chief(strategy)
-    # Only now, with inputs checked and the checkpoint restored, touch model_dir.
-    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="gali_worker_")
-    try:
-        return _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info,
-                                 train_ds, record, start_step, write_dir, chief,
-                                 feature_model)
-    finally:
-        if not chief:
-            shutil.rmtree(write_dir, ignore_errors=True)
+
+def _write_run_files(config: TrainConfig, write_dir: str, record: dict,
+                     flags_text: Optional[str], start_step: int, changes: dict) -> None:
+    """run.json and flags.txt describe the run as it now trains; flags_history.jsonl
+    keeps every session's start step and changed flags, so neither overwrite loses
+    what the run was trained with before."""
+    tf.io.gfile.makedirs(write_dir)
+    run_dir.write_text_atomically(os.path.join(write_dir, RUN_RECORD),
+                                  json.dumps(record, indent=2))
+    if flags_text is not None:
+        run_dir.write_text_atomically(os.path.join(write_dir, FLAGS_FILE), flags_text)
+    run_dir.append_flags_history(write_dir, {
+        "start_step": start_step,
+        "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
+        "flags": flags_text})
 
 
 def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
@@ -411,18 +542,12 @@ def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
                                 info.num_classes, config.model.labeled_seed)
 
 
-def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, train_ds,
-                      record, start_step, write_dir, chief, feature_model) -> TrainResult:
-    tf.io.gfile.makedirs(write_dir)
-    _write_text(os.path.join(write_dir, RUN_RECORD), json.dumps(record, indent=2))
-    if flags_text is not None:
-        _write_text(os.path.join(write_dir, FLAGS_FILE), flags_text)
+def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start_step,
+                      write_dir, chief, feature_model, jit_compile) -> TrainResult:
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints)
 
-    replicas = strategy.num_replicas_in_sync
-    jit = config.jit_compile if config.jit_compile is not None else replicas == 1
-    model.compile(optimizer=None, jit_compile=jit,
+    model.compile(optimizer=None, jit_compile=jit_compile,
                   steps_per_execution=config.steps_per_execution)
     writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
     test_ds = None
@@ -436,6 +561,8 @@ def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, tra
     saver = CheckpointEvery(manager, config.checkpoint_every)
     preemption = SaveAtSigterm(saver, strategy)
     callbacks = [
+        # First: a diverged step must stop the run before any callback saves or logs it.
+        StopOnDivergence(manager),
         StopAtStep(model.total_steps),
         ScalarSummaries(writer, config.log_every),
         saver,
@@ -484,12 +611,43 @@ def _fit_and_evaluate(config, flags_text, strategy, model, checkpoint, info, tra
     return TrainResult(step, history, mse, feature_mse, model=model)
 
 
-def _write_text(path: str, text: str) -> None:
-    """Writes a file atomically (temp file, then rename), never leaving half of it."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+class TrainingDiverged(ConfigError):
+    """Losses or weights stopped being finite (typically too high a learning rate)."""
+
+    def __init__(self, step: int, what: str, manager: tf.train.CheckpointManager):
+        kept = (f"the newest finite checkpoint, {os.path.basename(manager.latest_checkpoint)}, "
+                "is kept; resume from it with a lower --learning_rate and "
+                "--allow_flag_changes, or use a new --model_dir"
+                if manager.latest_checkpoint else "no checkpoint was saved")
+        super().__init__(f"step {step}: training diverged ({what}); {kept}")
+
+
+def _nonfinite_logs(logs) -> dict:
+    values = {k: float(v) for k, v in (logs or {}).items()}
+    return {k: v for k, v in values.items() if not math.isfinite(v)}
+
+
+def _weights_finite(model: keras.Model) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+               for v in model.weights if tf.as_dtype(v.dtype).is_floating)
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises TrainingDiverged after the first step with a non-finite loss.
+
+    Keras' TerminateOnNaN only stops fit: the run would end "successfully", save the
+    NaN weights at the end and rotate the last finite checkpoint away.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager):
+        super().__init__()
+        self.manager = manager
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = _nonfinite_logs(logs)
+        if bad:
+            what = ", ".join(f"{k}={v}" for k, v in sorted(bad.items())[:4])
+            raise TrainingDiverged(int(self.model.step.numpy()), what, self.manager)
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -529,6 +687,9 @@ class CheckpointEvery(keras.callbacks.Callback):
     def save(self):
         step = int(self.model.step.numpy())
         if self.manager.latest_checkpoint != self._path(step):
+            # Never a non-finite checkpoint: it would rotate the last good one away.
+            if not _weights_finite(self.model):
+                raise TrainingDiverged(step, "non-finite weights", self.manager)
             self.manager.save(checkpoint_number=step)
 
     def _path(self, step):

@@ -1,5 +1,7 @@
 """Tests for gali_tf.data: shapes, ranges, splits, determinism and input errors."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -203,6 +205,110 @@ def test_folder_errors(tmp_path, image_dir):
     with pytest.raises(data.DataError) as excinfo:
         data.make_dataset(cfg, "train", B, shuffle=False, repeat=False)
     _assert_one_line_error(excinfo, "--image_dir", "garbage.png", "not a JPEG or PNG")
+
+
+def _truncate(path, fraction=0.6):
+    """Keeps the first `fraction` of a file's bytes: valid magic bytes, a cut-off body."""
+    content = path.read_bytes()
+    path.write_bytes(content[:int(len(content) * fraction)])
+
+
+@pytest.mark.parametrize("name", ["img04.png", "nested/img01.jpg"])
+def test_folder_truncated_image_is_named_before_training(image_dir, name):
+    _truncate(image_dir / name)
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8)
+    for build in (lambda: data.dataset_info(cfg),
+                  lambda: data.make_dataset(cfg, "train", B, shuffle=True, repeat=True)):
+        with pytest.raises(data.DataError) as excinfo:
+            build()
+        # PIL's reason varies by format ("image file is truncated (70 bytes not processed)").
+        assert re.fullmatch(
+            re.escape(f"--image_dir: cannot read image {str(image_dir / name)!r} (truncated "
+                      "or corrupt: image file is truncated") + r"[^;]*" + re.escape(
+                "); delete or replace it, or pass --skip_bad_images to leave unreadable "
+                "images out"), str(excinfo.value)), str(excinfo.value)
+
+
+def test_folder_several_bad_images_are_counted_in_the_one_line(image_dir):
+    (image_dir / "nested" / "img05.png").write_bytes(b"\x89PNG not really")
+    _truncate(image_dir / "img00.png")
+    _truncate(image_dir / "img02.JPEG")
+    with pytest.raises(data.DataError) as excinfo:
+        data.dataset_info(data.DataConfig(dataset="folder", image_dir=str(image_dir)))
+    assert str(excinfo.value) == (
+        f"--image_dir: cannot read image {str(image_dir / 'img00.png')!r} (truncated or "
+        "corrupt: image file is truncated) and 2 more unreadable image(s); delete or replace "
+        "them, or pass --skip_bad_images to leave unreadable images out")
+
+
+def test_folder_jpeg_with_data_after_its_end_is_kept(image_dir):
+    # Some cameras append data after a JPEG's end marker: a whole image all the same.
+    path = image_dir / "nested" / "img01.jpg"
+    path.write_bytes(path.read_bytes() + b"appended by a camera")
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8)
+    assert data.dataset_info(cfg).num_train == 11
+    _assert_images(_first(data.make_dataset(cfg, "train", 11, shuffle=False, repeat=False)),
+                   (11, 8, 8, 3))
+
+
+def test_folder_skip_bad_images_counts_them_in_one_warning(image_dir, capsys):
+    _truncate(image_dir / "img00.png")
+    _truncate(image_dir / "img02.JPEG")
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8,
+                          skip_bad_images=True)
+    # The split is cut before bad files are left out: no file changes split.
+    assert data.dataset_info(cfg) == data.DatasetInfo("folder", (8, 8, 3), 9, 1, 0, True)
+    batches = [x.numpy() for x in data.make_dataset(cfg, "train", 9, shuffle=True,
+                                                    repeat=False)]
+    assert len(batches) == 1
+    _assert_images(batches[0], (9, 8, 8, 3))
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        f"warning: --image_dir={image_dir}: leaving out 2 unreadable image(s) of 11 in the "
+        f"train split (first: {str(image_dir / 'img00.png')!r}, truncated or corrupt: image "
+        "file is truncated)"]
+
+
+def _zero_body(path):
+    """Zeroes a PNG's body: its CRCs fail, its end marker stays (the cheap check passes)."""
+    content = bytearray(path.read_bytes())
+    content[40:-20] = bytes(len(content) - 60)
+    path.write_bytes(bytes(content))
+
+
+def _damaged_after_the_check(image_dir, damage=_zero_body, skip_bad_images=False):
+    """A pipeline built while every file was whole, then one file damaged (a file that
+    changed during the run, or damage the cheap check cannot see)."""
+    cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8,
+                          skip_bad_images=skip_bad_images)
+    ds = data.make_dataset(cfg, "train", 1, shuffle=False, repeat=False)
+    path = image_dir / "img04.png"
+    damage(path)
+    return ds, path
+
+
+@pytest.mark.parametrize("damage", [_zero_body, _truncate])
+def test_folder_image_failing_mid_run_is_one_data_error_naming_it(image_dir, damage):
+    ds, path = _damaged_after_the_check(image_dir, damage)
+    with pytest.raises(data.DataError) as excinfo:
+        with data.naming_unreadable_images():
+            for _ in ds:
+                pass
+    assert str(excinfo.value) == (
+        f"--image_dir: cannot read image {str(path)!r} (truncated or corrupt: it failed to "
+        "decode during the run); delete or replace it, or pass --skip_bad_images to leave "
+        "unreadable images out")
+    # Errors of other origins pass through unchanged.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        with data.naming_unreadable_images():
+            tf.debugging.assert_equal(1, 2)
+
+
+def test_folder_image_failing_mid_run_is_skipped_with_skip_bad_images(image_dir, capfd):
+    ds, path = _damaged_after_the_check(image_dir, _truncate, skip_bad_images=True)
+    assert sum(int(x.shape[0]) for x in ds) == 10
+    assert (f"warning: --image_dir={image_dir}: leaving out unreadable image {path}\n"
+            in capfd.readouterr().err)
 
 
 # ------------------------------------------------------------------------------ toy25

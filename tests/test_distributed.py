@@ -100,6 +100,7 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path):
     np.testing.assert_allclose(worker["noise"], full[2:], rtol=1e-6)
 
     # The chief wrote the run; the worker's copies went to its temp dir, now deleted.
-    assert sorted(os.listdir(model_dir)) == ["checkpoints", "flags.txt", "run.json", "train"]
+    assert sorted(os.listdir(model_dir)) == ["checkpoints", "flags.txt", "flags_history.jsonl",
+                                             "run.json", "train", "trainer.lock"]
     assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("ckpt-2")
     assert os.listdir(tmp_path / "tmp1") == []

@@ -14,7 +14,8 @@ import pytest
 
 from export import exporter
 from gali_tf import data, networks, training
-from gali_tf.model import ModelConfig
+from gali_tf.model import ConfigError, ModelConfig
+from trainers import downstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,3 +68,56 @@ def test_not_a_module_is_one_line_error(encoder_dir):
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "not a SavedModel directory" in errors[0], done.stderr[-2000:]
+
+
+# ------------------------------------------------------------- faults (issue 13)
+
+
+def _copied_export(encoder_dir, tmp_path):
+    """A copy of the export directory: tests below damage it."""
+    export_dir = tmp_path / "hub"
+    shutil.copytree(os.path.dirname(os.path.dirname(encoder_dir)), export_dir)
+    return export_dir, str(export_dir / "1" / exporter.ENCODER_DIR)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"format": ', "{path} is not valid JSON (Expecting value: line 1 column 12 (char 11))"),
+    ("[8, 8, 1]", "{path} holds a JSON list, not an object"),
+    ('{"format": "gali_tf-export-1", "image_shape": [8, 8, 1]}', "{path} lacks latent_dim, step"),
+    ('{"format": "gali_tf-export-1", "image_shape": "8x8", "latent_dim": 3, "step": 1}',
+     "image_shape in {path} is '8x8', expected [height, width, channels]"),
+])
+def test_corrupt_metadata_is_one_config_error_naming_it(encoder_dir, tmp_path, content,
+                                                        problem):
+    export_dir, encoder = _copied_export(encoder_dir, tmp_path)
+    metadata = export_dir / "1" / exporter.METADATA_FILE
+    metadata.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        downstream.module_image_shape(encoder)
+    assert str(info.value) == (f"--hub_module={encoder}: {problem.format(path=metadata)}; "
+                               "re-export the run with export.main --overwrite")
+
+
+def test_corrupt_metadata_in_the_cli_is_one_error_line(encoder_dir, tmp_path):
+    export_dir, encoder = _copied_export(encoder_dir, tmp_path)
+    metadata = export_dir / "1" / exporter.METADATA_FILE
+    metadata.write_text("")
+    done = _downstream(f"--hub_module={encoder}")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --hub_module={encoder}: {metadata} is not valid JSON (Expecting "
+                      "value: line 1 column 1 (char 0)); re-export the run with export.main "
+                      "--overwrite"], done.stderr[-2000:]
+
+
+def test_loading_an_export_killed_mid_overwrite_restores_it(encoder_dir, tmp_path, capsys):
+    export_dir, encoder = _copied_export(encoder_dir, tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is the killed export's
+    aside = f".old-1-{exporter._host()}-{child.pid}-0123abcd"
+    os.rename(export_dir / "1", export_dir / aside)
+    assert downstream.module_image_shape(encoder) == (8, 8, 1)
+    assert sorted(os.listdir(export_dir)) == ["1"]
+    assert capsys.readouterr().err == (
+        f"warning: --export_dir={export_dir}: version 1 restored from {aside}, left by an "
+        "export killed while replacing it\n")

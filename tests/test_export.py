@@ -3,10 +3,12 @@ atomic writes, overwrite, bad input, and a fresh process without gali_tf."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -292,3 +294,78 @@ def test_export_loads_in_a_fresh_process_without_gali_tf(exported, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fresh process ok" in done.stdout
+
+
+# ------------------------------------------------------------- faults (issue 13)
+
+
+def _with_nan_weights(run_dir, tmp_path):
+    """A copy of the run with one more checkpoint, ckpt-5, whose E holds a NaN."""
+    copy = tmp_path / "diverged"
+    shutil.copytree(run_dir, copy)
+    run = training.restore_networks(str(copy))
+    kernel = next(v for v in run.encoder.variables if len(v.shape) > 1)
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    prefix = str(copy / "checkpoints" / "ckpt-5")
+    tf.train.Checkpoint(encoder=run.encoder, generator=run.generator).write(prefix)
+    return copy, prefix, run, kernel
+
+
+def test_non_finite_weights_are_refused_naming_the_checkpoint(run_dir, tmp_path):
+    copy, prefix, run, kernel = _with_nan_weights(run_dir, tmp_path)
+    export_dir = tmp_path / "hub"
+    with pytest.raises(ConfigError) as info:
+        exporter.export_networks(training.RestoredRun(
+            run.encoder, run.generator, run.record, prefix, 5), str(export_dir))
+    assert str(info.value) == (
+        f"--checkpoint={prefix}: non-finite weights (NaN or Inf in 1 variables of E and G, "
+        f"e.g. {kernel.path}); export an earlier checkpoint with "
+        "--checkpoint=RUN/checkpoints/ckpt-<step>")
+    assert not export_dir.exists()
+
+    done = _cli(f"--model_dir={copy}", f"--export_dir={export_dir}", f"--checkpoint={prefix}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    assert re.fullmatch(rf"error: --checkpoint={re.escape(prefix)}: .*non-finite weights.*",
+                        lines[-1]), lines[-1]
+    assert not export_dir.exists()
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_export_killed_between_its_renames_is_restored_by_the_next(run_dir, tmp_path, capsys):
+    export_dir = tmp_path / "hub"
+    version = exporter.export_run(run_dir, str(export_dir))
+    (export_dir / "1" / "marker").write_text("the previous export")
+    # What a kill between the two renames of --overwrite leaves (owner: a dead pid here).
+    dead = f"{exporter._host()}-{_dead_pid()}"
+    os.rename(version, export_dir / f".old-1-{dead}-0123abcd")
+    (export_dir / f".tmp-1-{dead}-0123abcd" / "encoder").mkdir(parents=True)
+    # Another export's temp dirs: running in this process; on another host; unowned
+    # (older naming) and fresh; unowned and two hours old (dead).
+    kept = [f".tmp-1-{exporter._host()}-{os.getpid()}-89abcdef",
+            ".tmp-1-otherhost-7-aaaaaaaa", ".tmp-1-fedcba98"]
+    for name in kept + [".tmp-1-76543210"]:
+        (export_dir / name).mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(export_dir / ".tmp-1-76543210", (two_hours_ago, two_hours_ago))
+
+    with pytest.raises(ConfigError, match="version 1 already exists"):
+        exporter.export_run(run_dir, str(export_dir))
+    assert (export_dir / "1" / "marker").read_text() == "the previous export"
+    assert sorted(_leftovers(export_dir)) == sorted(kept)
+    assert capsys.readouterr().err == (
+        f"warning: --export_dir={export_dir}: version 1 restored from .old-1-{dead}-0123abcd, "
+        "left by an export killed while replacing it\n")
+
+    # A dead export's moved-aside copy whose version is back in place is only removed.
+    (export_dir / f".old-1-{dead}-bbbbbbbb").mkdir()
+    assert exporter.recover_versions(str(export_dir)) == []
+    assert sorted(_leftovers(export_dir)) == sorted(kept)
+    assert exporter.export_run(run_dir, str(export_dir), overwrite=True) == version
+    assert sorted(_leftovers(export_dir)) == sorted(kept)

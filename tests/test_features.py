@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -177,6 +178,21 @@ def test_bad_output_and_signature_list_the_existing_ones(open_size_saved_model):
     with pytest.raises(features.FeatureModelError, match="it has: serving_default"):
         load_m(open_size_saved_model, feature_signature="encode", feature_output="pool",
                feature_image_size=8)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"value_range": [-1', "is not readable JSON (Expecting ',' delimiter: line 1 column 20 "
+                           "(char 19)); fix or delete it (without it [-1, 1] is assumed)"),
+    ("[-1, 1]", "holds a JSON list, not an object"),
+])
+def test_corrupt_metadata_of_m_is_one_line_naming_it(open_size_saved_model, tmp_path, content,
+                                                     problem):
+    path = tmp_path / "m"
+    shutil.copytree(open_size_saved_model, path)
+    (path / "metadata.json").write_text(content)
+    with pytest.raises(features.FeatureModelError) as info:
+        load_m(str(path), feature_output="pool", feature_image_size=8)
+    assert str(info.value) == f"--feature_model={path}: {path}/metadata.json {problem}"
 
 
 def test_m_tuples_need_a_feature_model():

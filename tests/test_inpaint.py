@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -132,3 +133,64 @@ def test_tool_process_exits_2_with_one_error_line(run_dir, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("error: --mask=0,0,9,9")
+
+
+def _a_file(tmp):
+    return tmp / "a_file", f"--out={tmp}/a_file is a file: expected a directory for the PNGs"
+
+
+def _under_a_file(tmp):
+    return tmp / "a_file" / "out", (f"--out={tmp}/a_file/out is under a file ({tmp}/a_file): "
+                                    "expected a directory for the PNGs")
+
+
+def _read_only(tmp):
+    folder = tmp / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_text("")
+    except OSError:
+        return folder / "out", (f"--out={folder}/out: cannot write in {folder} (Permission "
+                                "denied); pass a writable directory")
+    pytest.skip("this user writes through read-only permissions (root)")
+
+
+def _system_dir(tmp):
+    del tmp
+    try:  # a kernel file system: refused to root as well
+        os.rmdir(tempfile.mkdtemp(dir="/sys"))
+    except OSError as error:
+        return "/sys/gali_out", (f"--out=/sys/gali_out: cannot write in /sys ({error.strerror}); "
+                                 "pass a writable directory")
+    pytest.skip("/sys is writable here")
+
+
+@pytest.mark.parametrize("case", [_a_file, _under_a_file, _read_only, _system_dir])
+def test_unwritable_out_is_refused_before_restoring_the_run(run_dir, tmp_path, monkeypatch,
+                                                            case):
+    (tmp_path / "a_file").write_text("kept")
+    out, expected = case(tmp_path)
+
+    def restore(*args, **kwargs):
+        raise AssertionError("the run was restored before --out was checked")
+    monkeypatch.setattr(inpaint.training, "restore_networks", restore)
+    with pytest.raises(ConfigError) as info:
+        inpaint.inpaint_run(inpaint.InpaintOptions(model_dir=str(run_dir), out=str(out),
+                                                   dataset="digits"))
+    assert str(info.value) == expected
+    assert (tmp_path / "a_file").read_text() == "kept"
+    assert sorted(os.listdir(tmp_path)) in (["a_file"], ["a_file", "read_only"])
+
+
+def test_unwritable_out_in_the_cli_is_one_error_line(run_dir, tmp_path):
+    out = tmp_path / "a_file"
+    out.write_text("kept")
+    done = subprocess.run([sys.executable, "-m", "trainers.inpaint", f"--model_dir={run_dir}",
+                           "--dataset=digits", f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --out={out} is a file: expected a directory for the PNGs"]
+    assert done.stderr.strip().splitlines()[-1] == errors[0]
+    assert out.read_text() == "kept"

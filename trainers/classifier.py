@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from gali_tf import classifier, data
 from gali_tf.model import ConfigError
+from trainers import cli
 
 flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "celeb_a"],
                   "Labelled training data (celeb_a: 40 binary attributes).")
@@ -38,8 +39,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     short = {"svhn_cropped": "svhn", "celeb_a": "celeba"}.get(FLAGS.dataset, FLAGS.dataset)
     export_dir = FLAGS.export_dir or f"runs/{short}_classifier/export"
     config = classifier.ClassifierConfig(
@@ -60,7 +60,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (gali-classifier)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

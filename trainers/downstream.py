@@ -13,16 +13,17 @@ module's input contract: float32 [-1, 1] at the shape in the export's metadata.j
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 import tensorflow as tf
 
-from gali_tf import data
+from export import exporter
+from gali_tf import data, run_dir
 from gali_tf.model import ConfigError
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -66,20 +67,42 @@ class DownstreamResult:
     description: str
 
 
+def _restore_interrupted_version(version_dir: str) -> None:
+    """An EXPORT_DIR/<step> missing because an --overwrite export was killed mid-swap is
+    renamed back from its `.old-<step>-*` copy (exporter.recover_versions)."""
+    if tf.io.gfile.exists(version_dir) or not os.path.basename(version_dir).isdigit():
+        return
+    for line in exporter.recover_versions(os.path.dirname(version_dir) or "."):
+        run_dir.warn(line)
+
+
+def _metadata_image_shape(metadata: dict, metadata_path: str, hub_module: str) -> tuple:
+    try:
+        shape = tuple(int(s) for s in metadata["image_shape"])
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--hub_module={hub_module}: image_shape in {metadata_path} is "
+                          f"{metadata['image_shape']!r}, expected [height, width, channels]; "
+                          "re-export the run with export.main --overwrite")
+    return shape
+
+
 def module_image_shape(hub_module: str) -> tuple:
     """(H, W, C) the module expects: metadata.json next to it, else its __call__ signature."""
+    version_dir = os.path.dirname(os.path.normpath(hub_module))
+    _restore_interrupted_version(version_dir)
     if not tf.io.gfile.exists(os.path.join(hub_module, "saved_model.pb")):
         raise ConfigError(f"--hub_module={hub_module}: not a SavedModel directory (expected "
                           "EXPORT_DIR/<step>/encoder written by export.main)")
-    metadata_path = os.path.join(os.path.dirname(os.path.normpath(hub_module)), "metadata.json")
+    metadata_path = os.path.join(version_dir, exporter.METADATA_FILE)
     if tf.io.gfile.exists(metadata_path):
-        with tf.io.gfile.GFile(metadata_path) as f:
-            metadata = json.load(f)
+        metadata = exporter.read_metadata(metadata_path, f"--hub_module={hub_module}")
         if metadata.get("condition"):
             # E(x, y) of conditional ALI needs the label it would be asked to predict.
             raise ConfigError(f"--hub_module={hub_module}: a conditional run's encoder takes "
                               "the label y as input; classify with an unconditional export")
-        return tuple(int(s) for s in metadata["image_shape"])
+        return _metadata_image_shape(metadata, metadata_path, hub_module)
     module = tf.saved_model.load(hub_module)
     call = getattr(module, "__call__", None)
     functions = call.concrete_functions if call is not None else []
@@ -168,8 +191,7 @@ def run_downstream(config: DownstreamConfig) -> DownstreamResult:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     config = DownstreamConfig(
         hub_module=FLAGS.hub_module, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
         fine_tune=FLAGS.fine_tune, raw_pixels=FLAGS.raw_pixels, epochs=FLAGS.epochs,
@@ -186,7 +208,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from gali_tf import data, features, networks, tuples
 from gali_tf.evaluation import suite
 from gali_tf.evaluation.svm import SVMConfig
 from gali_tf.model import ConfigError
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -34,8 +35,8 @@ def define_flags():
     flags.DEFINE_list("metrics", [], f"Some of {', '.join(suite.METRICS)}; empty = all that apply.")
     flags.DEFINE_enum("split", "test", ["train", "test"], "Split the metrics are computed on.")
     flags.DEFINE_integer("batch_size", 100, "Evaluation batch size.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the run's dataset (no download).")
-    flags.DEFINE_string("image_dir", None, "The run's --image_dir for --dataset=folder.")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the run's dataset (default: the run's own).")
+    flags.DEFINE_string("image_dir", None, "Image folder of a --dataset=folder run (default: the run's own).")
     for prefix, what in (("feature", "Feature MSE network M (default: the run's own M, if any)"),
                          ("fid", "FID network (default: the feature MSE network)")):
         flags.DEFINE_string(f"{prefix}_model", "",
@@ -77,8 +78,7 @@ INPUT_ERRORS = (ConfigError, data.DataError, networks.ArchitectureError, tuples.
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     try:
         if not FLAGS.model_dir:
             raise ConfigError("--model_dir is required (a run directory of trainers.main)")
@@ -99,7 +99,7 @@ def main(argv):
 def run():
     """Console-script entry point (gali-evaluate)."""
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

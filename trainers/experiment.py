@@ -25,9 +25,10 @@ import sys
 import time
 from typing import List, Tuple
 
-from absl import app, flags
+from absl import flags
 
 from gali_tf.evaluation import suite, tables
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -89,9 +90,9 @@ def _run(command: List[str], log_path: str, what: str) -> float:
 
 
 def _latest_step(model_dir: str) -> int:
-    import tensorflow as tf
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    return int(path.rsplit("-", 1)[-1]) if path else -1
+    from gali_tf import run_dir
+    path = run_dir.latest_complete_checkpoint(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
+    return run_dir.checkpoint_step(path) if path else -1
 
 
 def _python_module(module: str, *args: str) -> List[str]:
@@ -166,8 +167,7 @@ def command_line() -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     started = time.time()
     try:
         if not FLAGS.out:
@@ -224,7 +224,7 @@ def run():
     if configs and not os.path.isfile(configs[-1].split("=", 1)[1]):
         print(f"error: {configs[-1]}: no such experiment file", file=sys.stderr)
         sys.exit(2)
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from gali_tf import data, features, training, visualize
 from gali_tf.model import ConfigError
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -192,8 +193,7 @@ def generate_run(opts: GenerateOptions) -> GenerateResult:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     options = GenerateOptions(**{f.name: getattr(FLAGS, f.name)
                                  for f in dataclasses.fields(GenerateOptions)})
     try:
@@ -206,7 +206,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

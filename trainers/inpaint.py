@@ -20,14 +20,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 import tensorflow as tf
 
 from gali_tf import data, masks, training, visualize
 from gali_tf.evaluation import inpainting
 from gali_tf.model import ConfigError
+from trainers import cli
 
 FLAGS = flags.FLAGS
 
@@ -96,6 +98,29 @@ def load_images(pattern: str, shape) -> tuple:
     return tf.stack(images), names
 
 
+def check_out_dir(out: str) -> None:
+    """--out must be a directory this process can write in, or one it can create.
+
+    Checked before the run is restored and images decoded, by creating (and removing) an
+    empty directory there: permission bits alone do not tell (root ignores them, and a
+    read-only mount refuses everyone).
+    """
+    if "://" in out:
+        return  # object stores: no cheap check; writes fail with their own error
+    path = os.path.abspath(out)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"is under a file ({existing})"
+        raise ConfigError(f"--out={out} {where}: expected a directory for the PNGs")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".inpaint-check-", dir=existing))
+    except OSError as error:
+        raise ConfigError(f"--out={out}: cannot write in {existing} "
+                          f"({error.strerror or error}); pass a writable directory") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class InpaintOptions:
     """The tool's flags (tests call `inpaint_run` with these directly)."""
@@ -121,6 +146,7 @@ def inpaint_run(opts: InpaintOptions):
         raise ConfigError("--model_dir is required (a run directory written by trainers.main)")
     if not opts.out:
         raise ConfigError("--out is required (a directory for the PNGs)")
+    check_out_dir(opts.out)
     if (opts.images is None) == (opts.dataset is None):
         raise ConfigError("give exactly one of --images=GLOB and --dataset=NAME")
     if opts.mask_fill is not None and not -1.0 <= opts.mask_fill <= 1.0:
@@ -173,8 +199,7 @@ def inpaint_run(opts: InpaintOptions):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     options = InpaintOptions(**{f.name: getattr(FLAGS, f.name)
                                 for f in dataclasses.fields(InpaintOptions)})
     try:
@@ -187,7 +212,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

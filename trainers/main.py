@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from gali_tf import data, networks, tuples
-from gali_tf.model import PRECISION_POLICIES, ConfigError, ModelConfig
+from gali_tf.model import D_FORWARDS, PRECISION_POLICIES, ConfigError, ModelConfig
 from gali_tf import training
+from trainers import cli
 
 # -- data
 flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10", "celeb_a",
                                         "folder", "toy25"], "Training data.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
 flags.DEFINE_string("image_dir", None, "Directory of JPEG/PNG images for --dataset=folder.")
+flags.DEFINE_bool("skip_bad_images", False,
+                  "--dataset=folder: leave out images that cannot be decoded (counted in a "
+                  "warning line) instead of stopping with an error naming the first.")
 flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own).")
 flags.DEFINE_integer("channels", None, "Image channels, 1 or 3 (default: the dataset's own).")
 # -- networks
@@ -41,6 +45,9 @@ flags.DEFINE_enum("generator_loss", "product_of_terms",
                   ["product_of_terms", "minimax", "misclassification"],
                   "Generator-encoder objective (GALI eq. 4 by default).")
 flags.DEFINE_float("l2_weight", 1.0, "Weight of the tuple set's l2 terms (ALICE lambda).")
+flags.DEFINE_enum("d_forward", "fresh", list(D_FORWARDS),
+                  "fresh: E/G's gradient from a new D forward after D's step; shared: from "
+                  "the last D step's forward (D before its update), as the official scripts.")
 flags.DEFINE_integer("n_dis", 1, "Discriminator steps per generator-encoder step.")
 flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate of both sides.")
 flags.DEFINE_float("beta_1", 0.5, "Adam beta_1.")
@@ -81,7 +88,9 @@ flags.DEFINE_enum("strategy", "auto", list(training.STRATEGIES),
                   "(hosts named in TF_CONFIG), tpu (TPU_NAME or the local Cloud TPU VM), "
                   "default (one device); auto picks mirrored when there is more than one GPU.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
-                  "XLA compilation of the train step (auto: on for a single device).")
+                  "XLA compilation of the train step. auto: the faster of the two, timed "
+                  "over a few steps at start-up on this run's model and devices (recorded "
+                  "in run.json; off under a multi-replica strategy).")
 flags.DEFINE_enum("mixed_precision", "float32", list(PRECISION_POLICIES),
                   "Keras dtype policy: mixed_float16 (GPUs; loss-scaled) or mixed_bfloat16 "
                   "(TPUs, recent GPUs); variables, spectral-norm vectors and losses stay float32.")
@@ -91,6 +100,9 @@ flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar summarie
 flags.DEFINE_integer("image_every", 500, "Steps between TensorBoard image grids.")
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+flags.DEFINE_bool("allow_flag_changes", False,
+                  "Resume a run with training flags other than those it was trained with "
+                  "(e.g. a lower --learning_rate); MODEL_DIR/flags_history.jsonl records it.")
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 FLAGS = flags.FLAGS
@@ -99,13 +111,17 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> training.TrainConfig:
     """The flags as the library's config dataclasses (the library never reads flags)."""
     tuple_name = FLAGS.tuples if FLAGS.tuples in tuples.TUPLE_SETS else "custom"
+    if FLAGS.model_dir is not None and not FLAGS.model_dir.strip():
+        raise ConfigError("--model_dir is empty: expected a directory for checkpoints and "
+                          "logs (leave the flag out for the default runs/<dataset>_<tuples>)")
     return training.TrainConfig(
         model_dir=FLAGS.model_dir or (
             f"runs/{FLAGS.dataset}_{tuple_name}" + ("_conditional" if FLAGS.conditional else "")
             + (f"_semisup{FLAGS.num_labeled}" if FLAGS.num_labeled else "")),
         data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
                              image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
-                             channels=FLAGS.channels),
+                             channels=FLAGS.channels,
+                             skip_bad_images=FLAGS.skip_bad_images),
         network=networks.NetworkConfig(
             arch=FLAGS.arch, latent_dim=FLAGS.latent_dim, width=FLAGS.width,
             mlp_hidden=FLAGS.mlp_hidden, leaky_slope=FLAGS.leaky_slope,
@@ -120,13 +136,15 @@ def config_from_flags() -> training.TrainConfig:
             feature_signature=FLAGS.feature_signature,
             feature_image_size=FLAGS.feature_image_size,
             mixed_precision=FLAGS.mixed_precision, conditional=FLAGS.conditional,
-            num_labeled=FLAGS.num_labeled, labeled_seed=FLAGS.labeled_seed),
+            num_labeled=FLAGS.num_labeled, labeled_seed=FLAGS.labeled_seed,
+            d_forward=FLAGS.d_forward),
         batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, steps=FLAGS.steps,
         strategy=FLAGS.strategy,
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile],
         steps_per_execution=FLAGS.steps_per_execution, log_every=FLAGS.log_every,
         image_every=FLAGS.image_every, checkpoint_every=FLAGS.checkpoint_every,
-        keep_checkpoints=FLAGS.keep_checkpoints, verbose=FLAGS.verbose)
+        keep_checkpoints=FLAGS.keep_checkpoints, verbose=FLAGS.verbose,
+        allow_flag_changes=FLAGS.allow_flag_changes)
 
 
 def flags_as_flagfile(model_dir: str) -> str:
@@ -135,6 +153,8 @@ def flags_as_flagfile(model_dir: str) -> str:
     for flag in FLAGS.get_flags_for_module(sys.modules[__name__]):
         if flag.name == "model_dir":
             lines.append(f"--model_dir={model_dir}")
+        elif flag.name == "allow_flag_changes":
+            continue   # a permission for one session, not a setting of the run
         elif flag.value is not None:
             lines.append(flag.serialize())
     return "\n".join(lines) + "\n"
@@ -144,8 +164,7 @@ INPUT_ERRORS = (ConfigError, data.DataError, networks.ArchitectureError, tuples.
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # trainers.cli.parse_flags refuses positional arguments
     try:
         config = config_from_flags()
         result = training.train(config, flags_text=flags_as_flagfile(config.model_dir))
@@ -164,7 +183,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (gali-train)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -138,8 +138,10 @@ def resolve_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig
 def _data_config(record: dict, config: EvalConfig) -> data_lib.DataConfig:
     shape = record["example_shape"]
     image = record["dataset"] != "toy25"
+    # The run's own data locations (recorded absolute) unless given again.
     return data_lib.DataConfig(
-        dataset=record["dataset"], data_dir=config.data_dir, image_dir=config.image_dir,
+        dataset=record["dataset"], data_dir=config.data_dir or record.get("data_dir"),
+        image_dir=config.image_dir or record.get("image_dir"),
         image_size=int(shape[0]) if image else None, channels=int(shape[2]) if image else None)
 
 

@@ -1,0 +1,53 @@
+"""What every command-line tool of the project shares.
+
+absl reports a bad flag (`--lerning_rate=1`, `--steps=abc`, a missing flagfile) as
+`FATAL Flags parsing error` with exit status 1; the project's tools answer every bad
+input with one `error: ...` line and exit status 2 instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, List
+
+from absl import app, flags
+
+from gali_tf import data, run_dir
+
+USAGE_ERROR_EXIT_CODE = 2
+
+
+def fail(message: str) -> None:
+    """Prints the one-line user error and exits with status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_ERROR_EXIT_CODE)
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+    """absl's flag parsing with its errors, and stray positional arguments, as one line."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(" ".join(str(error).split()))
+    if len(remaining) > 1:
+        fail(f"unexpected arguments: {' '.join(remaining[1:])} (flags are written "
+             "--name=value)")
+    return remaining
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+    """app.run(main) with one-line errors for bad flags, for a file system that refuses
+    a write (a full disk, a read-only or forbidden path) and for a folder image that
+    fails to decode in the middle of a run."""
+    def guarded(argv):
+        try:
+            return main(argv)
+        except Exception as error:  # pylint: disable=broad-except
+            unreadable = data.unreadable_image_error(error)
+            if unreadable is not None:
+                fail(str(unreadable))
+            reason = run_dir.storage_failure(error)
+            if reason is None:
+                raise
+            fail(f"cannot write ({reason}); free space or choose a writable path")
+    app.run(guarded, flags_parser=parse_flags)
