@@ -88,18 +88,27 @@ def print_table(rows: Dict[str, str]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def train_step(tuples: str, network, batch: int, jit_compile: bool = True,
-               mixed_precision: str = "float32"):
-    """(model, x, step) for timing GALIModel.train_step on a fixed batch in [-1, 1].
+def train_step(tuples: str, network, batch: int, jit_compile=None,
+               mixed_precision: str = "float32", d_forward: str = "fresh"):
+    """(model, x, step, jit_compile) for timing GALIModel.train_step on a fixed batch.
 
     `step()` runs one train step and waits for it. The batch is synthetic so that only
     the step is timed (input pipelines are timed by benchmarks/input_pipeline.py).
+    `jit_compile=None` decides as the trainer does (gali_tf.execution: both timed, the
+    faster kept), so a default benchmark row is what `trainers.main` users get.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from gali_tf import execution  # pylint: disable=import-outside-toplevel
     from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
-    model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=mixed_precision),
+    model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=mixed_precision,
+                                           d_forward=d_forward),
                       batch, total_steps=10_000, steps_per_epoch=100)
     model.build()
     x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
+    if jit_compile is None:
+        choice = execution.choose_jit_compile(
+            None, model, tf.data.Dataset.from_tensors(x).repeat(), 1, mixed_precision, batch)
+        print(f"execution (as the trainer measures it): {choice.summary()}", flush=True)
+        jit_compile = choice.jit_compile
     compiled = tf.function(model.train_step, jit_compile=jit_compile)
-    return model, x, lambda: float(compiled(x)["d_loss"])  # float(): waits for the step
+    return model, x, lambda: float(compiled(x)["d_loss"]), jit_compile  # float(): waits

@@ -6,7 +6,8 @@ r"""Train-step throughput: images/s, ms/step, peak RSS and achieved vs matmul GF
     python benchmarks/train_step.py --steps=3 --breakdown         # D step vs E/G side
 
 The step is the model's own `train_step` (one D step, then the E/G step with a fresh
-D forward pass) in one tf.function, XLA-compiled unless --nojit_compile, on a fixed
+D forward pass, or with the D step's under --d_forward=shared) in one tf.function,
+XLA-compiled or not as the trainer would choose (--jit_compile=auto), on a fixed
 batch of uniform images in [-1, 1]: the input pipeline is timed apart
 (benchmarks/input_pipeline.py). Steady state: --warmup untimed steps (tracing and XLA
 compilation), then --steps timed ones, repeated --rounds times. With --vs_torch the
@@ -34,7 +35,11 @@ flags.DEFINE_integer("batch", 100, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Timed steps per round.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA compilation).")
 flags.DEFINE_integer("rounds", 2, "Timed rounds (alternating with the peer under --vs_torch).")
-flags.DEFINE_bool("jit_compile", True, "XLA-compile the step (the trainer's single-device default).")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "XLA-compile the step; auto: the faster of the two, measured as the trainer "
+                  "measures it at start-up (its default).")
+flags.DEFINE_enum("d_forward", "fresh", ["fresh", "shared"],
+                  "E/G gradient through a fresh D forward, or the D step's (the peer's).")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Keras dtype policy of the networks.")
 flags.DEFINE_integer("threads", 0, "Compute threads for both frameworks (0 = all cores).")
@@ -62,8 +67,9 @@ class Bench:
         network = networks.NetworkConfig(
             arch=FLAGS.arch, example_shape=_SHAPES[FLAGS.arch], width=FLAGS.width,
             latent_dim=FLAGS.latent_dim or _LATENTS[FLAGS.arch])
-        self.model, self.x, self.run = common.train_step(
-            tuples, network, FLAGS.batch, FLAGS.jit_compile, FLAGS.mixed_precision)
+        requested = {"auto": None, "true": True, "false": False}[FLAGS.jit_compile]
+        self.model, self.x, self.run, self.jit_compile = common.train_step(
+            tuples, network, FLAGS.batch, requested, FLAGS.mixed_precision, FLAGS.d_forward)
         self.name = tuples
 
     def seconds_per_step(self, steps: int, warmup: int = 0) -> float:
@@ -79,7 +85,7 @@ class Bench:
         """ms of the chain forward alone and of the D step alone (XLA like the step)."""
         import tensorflow as tf
         from gali_tf.model import StepNoise
-        model, jit = self.model, FLAGS.jit_compile
+        model, jit = self.model, self.jit_compile
 
         def chain(x):
             return model.chain_values(x, StepNoise(0, model.step))
@@ -173,7 +179,8 @@ def main(argv):
     seconds = sum(ours_s) / len(ours_s)
     rows = {
         "model": f"{FLAGS.model} --arch={FLAGS.arch} --batch={FLAGS.batch} "
-                 f"jit_compile={FLAGS.jit_compile} {FLAGS.mixed_precision}",
+                 f"jit_compile={ours.jit_compile} {FLAGS.mixed_precision} "
+                 f"d_forward={FLAGS.d_forward}",
         "steady state": f"{1000 * seconds:.1f} ms/step, {FLAGS.batch / seconds:.2f} images/s "
                         f"(mean of {FLAGS.rounds} rounds x {FLAGS.steps} steps "
                         f"after {FLAGS.warmup} warm-up)",
@@ -181,7 +188,7 @@ def main(argv):
     }
     if FLAGS.flops:
         step_flops = ours.flops()
-        matmul = common.matmul_gflops(jit_compile=FLAGS.jit_compile)
+        matmul = common.matmul_gflops(jit_compile=ours.jit_compile)
         achieved = step_flops / seconds / 1e9
         rows["step FLOPs"] = f"{step_flops / 1e9:.1f} GFLOP (ops that run, TF's op statistics)"
         rows["achieved"] = (f"{achieved:.1f} GFLOP/s vs measured 2048^2 float32 matmul "

@@ -53,6 +53,13 @@ class ModelConfig:
     # class, chosen with labeled_seed); D gets K label classes for the data tuple.
     num_labeled: int = 0
     labeled_seed: int = 0
+    # fresh: E/G take their gradient through a new D forward after D's update (the
+    # default); shared: through the D forward of the last D step, with D's weights
+    # before its update, as the official scripts and the PyTorch peer do.
+    d_forward: str = "fresh"
+
+
+D_FORWARDS = ("fresh", "shared")
 
 
 class ConfigError(ValueError):
@@ -69,6 +76,9 @@ def check_model_config(config: ModelConfig,
     if has_feature_model is None:
         has_feature_model = bool(config.feature_model)
     tuple_set = tuples.parse_tuple_set(config.tuples)
+    if config.d_forward not in D_FORWARDS:
+        raise ConfigError(f"--d_forward={config.d_forward!r}: expected one of "
+                          f"{', '.join(D_FORWARDS)}")
     if config.generator_loss not in objectives.GENERATOR_LOSSES:
         raise ConfigError(f"--generator_loss={config.generator_loss!r}: expected one of "
                           f"{', '.join(objectives.GENERATOR_LOSSES)}")
@@ -349,24 +359,45 @@ class GALIModel(keras.Model):
 
     # ------------------------------------------------------------------ training
 
-    def _discriminator_step(self, values, noise: StepNoise, std, condition=None, labels=None):
-        """One Adam step on D's n-way cross-entropy (GALI eq. 3), or on the K + n - 1
+    def _discriminator_logits(self, values, noise: StepNoise, std, condition=None):
+        return tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
+                                           self._discriminator_inputs(values, noise, std),
+                                           condition=condition), tf.float32)
+
+    def _discriminator_loss(self, logits, labels=None):
+        """Per-example D loss: the n-way cross-entropy (GALI eq. 3), or the K + n - 1
         way semi-supervised loss when D has label classes (ALI 4.3)."""
+        if self.label_classes:
+            return objectives.semi_supervised_discriminator_loss(logits, labels,
+                                                                 self.label_classes)
+        return objectives.discriminator_loss(logits)
+
+    def _generator_loss(self, logits, values):
+        """Per-example E/G loss (GALI eq. 4 by default) and the l2 terms (ALICE)."""
+        if self.label_classes:
+            per_example = objectives.semi_supervised_generator_loss(
+                self.config.generator_loss, logits, self.label_classes)
+        else:
+            per_example = objectives.generator_loss(self.config.generator_loss, logits)
+        l2 = tf.zeros_like(per_example)
+        for target, reconstruction in self.tuple_set.reconstruction_pairs:
+            l2 += objectives.l2_reconstruction_loss(values[target.name],
+                                                    values[reconstruction.name])
+        return per_example, l2
+
+    def _reduced(self, per_example, optimizer):
+        # Identity unless loss scaling (mixed_float16); apply_gradients unscales.
+        return optimizer.scale_loss(objectives.reduce_loss(per_example,
+                                                           self.global_batch_size))
+
+    def _discriminator_step(self, values, noise: StepNoise, std, condition=None, labels=None):
+        """One Adam step on D's loss, on chain values it cannot push gradients into."""
         values = {name: tf.stop_gradient(v) for name, v in values.items()}
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                                 self._discriminator_inputs(values, noise, std),
-                                                 condition=condition),
-                             tf.float32)
-            if self.label_classes:
-                per_example = objectives.semi_supervised_discriminator_loss(
-                    logits, labels, self.label_classes)
-            else:
-                per_example = objectives.discriminator_loss(logits)
-            loss = objectives.reduce_loss(per_example, self.global_batch_size)
-            # Identity unless loss scaling (mixed_float16); apply_gradients unscales.
-            scaled = self.d_optimizer.scale_loss(loss)
+            logits = self._discriminator_logits(values, noise, std, condition)
+            per_example = self._discriminator_loss(logits, labels)
+            scaled = self._reduced(per_example, self.d_optimizer)
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         return per_example, logits
 
@@ -374,25 +405,31 @@ class GALIModel(keras.Model):
                         condition=None):
         """One Adam step on E and G against the updated D (fresh forward pass)."""
         with tape:
-            logits = tf.cast(tuples.tuple_logits(self.discriminator, self.tuple_set,
-                                                 self._discriminator_inputs(values, noise, std),
-                                                 condition=condition),
-                             tf.float32)
-            if self.label_classes:
-                per_example = objectives.semi_supervised_generator_loss(
-                    self.config.generator_loss, logits, self.label_classes)
-            else:
-                per_example = objectives.generator_loss(self.config.generator_loss, logits)
-            l2 = tf.zeros_like(per_example)
-            for target, reconstruction in self.tuple_set.reconstruction_pairs:
-                l2 += objectives.l2_reconstruction_loss(values[target.name],
-                                                        values[reconstruction.name])
-            total = per_example + self.config.l2_weight * l2
-            loss = objectives.reduce_loss(total, self.global_batch_size)
-            scaled = self.g_optimizer.scale_loss(loss)
+            logits = self._discriminator_logits(values, noise, std, condition)
+            per_example, l2 = self._generator_loss(logits, values)
+            scaled = self._reduced(per_example + self.config.l2_weight * l2, self.g_optimizer)
         ge_vars = self.generator_encoder_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, ge_vars), ge_vars))
         return per_example, l2
+
+    def _shared_step(self, tape: tf.GradientTape, values, noise: StepNoise, std,
+                     condition=None, labels=None):
+        """D's step and E/G's step from one D forward (d_forward="shared"): both
+        gradients are taken before either update, so E/G see D's weights before its
+        step, as in the official scripts. `tape` must be persistent (two gradients)."""
+        with tape:
+            logits = self._discriminator_logits(values, noise, std, condition)
+            d_per_example = self._discriminator_loss(logits, labels)
+            g_per_example, l2 = self._generator_loss(logits, values)
+            d_scaled = self._reduced(d_per_example, self.d_optimizer)
+            g_scaled = self._reduced(g_per_example + self.config.l2_weight * l2,
+                                     self.g_optimizer)
+        d_vars, ge_vars = self.discriminator.trainable_variables, self.generator_encoder_variables
+        d_grads = tape.gradient(d_scaled, d_vars)
+        ge_grads = tape.gradient(g_scaled, ge_vars)
+        self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
+        self.g_optimizer.apply_gradients(zip(ge_grads, ge_vars))
+        return d_per_example, logits, g_per_example, l2
 
     def train_step(self, data):
         # data: [batch, n_dis, ...] when n_dis > 1 (one real batch per D step), else [batch, ...];
@@ -415,12 +452,17 @@ class GALIModel(keras.Model):
                 self.chain_values(x, noise, condition=condition), noise, std, condition, label)
         # The last D step and the E/G step share one computation of the chain:
         # D trains on it (gradients stopped), then E/G take gradients through it.
-        tape = tf.GradientTape()
+        shared = self.config.d_forward == "shared"
+        tape = tf.GradientTape(persistent=shared)
         with tape:
             values = self.chain_values(batches[-1], noise, condition=conditions[-1])
-        d_loss, d_logits = self._discriminator_step(values, noise, std, conditions[-1],
-                                                    labels[-1])
-        g_loss, l2 = self._generator_step(tape, values, noise, std, conditions[-1])
+        if shared:
+            d_loss, d_logits, g_loss, l2 = self._shared_step(tape, values, noise, std,
+                                                             conditions[-1], labels[-1])
+        else:
+            d_loss, d_logits = self._discriminator_step(values, noise, std, conditions[-1],
+                                                        labels[-1])
+            g_loss, l2 = self._generator_step(tape, values, noise, std, conditions[-1])
         if self.label_classes:
             labelled = tf.cast(labels[-1] >= 0, tf.float32)
             correct = tf.cast(tf.equal(objectives.label_predictions(d_logits[0], self.label_classes),

@@ -140,3 +140,48 @@ def test_bad_options_are_one_line_errors(options, flag):
     with pytest.raises(ConfigError, match=flag) as info:
         check_model_config(ModelConfig(**options))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("tuple_set", ["ali", "alice"])
+def test_shared_d_forward_is_fresh_against_d_before_its_step(tuple_set):
+    """--d_forward=shared: D steps as with a fresh forward, and E/G step as a fresh
+    forward would against D's weights before its update (D's learning rate 0 there)."""
+    options = dict(tuples=tuple_set, instance_noise=0.0)   # no per-forward noise draws
+    tf.keras.utils.set_random_seed(0)
+    shared = tiny_model(d_forward="shared", **options)
+    tf.keras.utils.set_random_seed(0)
+    fresh = tiny_model(**options)
+    tf.keras.utils.set_random_seed(0)
+    frozen_d = tiny_model(**options)
+    frozen_d.d_adam.learning_rate = 0.0
+    start = snapshot(shared)
+    for model in (shared, fresh):
+        model.train_step(images())
+    # The fresh step by hand, with D's spectral-norm vectors put back after D's step:
+    # the second forward's power iteration must not move them either.
+    noise = StepNoise(frozen_d.config.seed, frozen_d.step)
+    tape = tf.GradientTape()
+    with tape:
+        values = frozen_d.chain_values(images(), noise)
+    vectors = frozen_d.discriminator.non_trainable_weights
+    saved = [v.numpy() for v in vectors]
+    frozen_d._discriminator_step(values, noise, frozen_d._noise_std())
+    for variable, value in zip(vectors, saved):
+        variable.assign(value)
+    frozen_d._generator_step(tape, values, noise, frozen_d._noise_std())
+    after = snapshot(shared)
+    for part in ("encoder", "generator", "discriminator"):
+        assert any(not np.allclose(a, b) for a, b in zip(start[part], after[part])), part
+    for a, b in zip(after["discriminator"], snapshot(fresh)["discriminator"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for part in ("encoder", "generator"):
+        for a, b in zip(after[part], snapshot(frozen_d)[part]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # ... and not as the fresh forward against the updated D.
+    assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6)
+               for a, b in zip(after["generator"], snapshot(fresh)["generator"]))
+
+
+def test_unknown_d_forward_is_refused():
+    with pytest.raises(ConfigError, match="--d_forward='once': expected one of fresh, shared"):
+        check_model_config(ModelConfig(d_forward="once"))
