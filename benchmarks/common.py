@@ -67,11 +67,12 @@ def graph_flops(concrete_function) -> int:
     return total
 
 
-def matmul_gflops(size: int = 2048, calls: int = 10, jit_compile: bool = True) -> float:
-    """Measured float32 matmul rate of this machine (GFLOP/s) with the same threads."""
+def matmul_gflops(size: int = 2048, calls: int = 10, jit_compile: bool = True,
+                  dtype: str = "float32") -> float:
+    """Measured matmul rate of this machine (GFLOP/s) at `dtype`, same threads."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    a = tf.random.stateless_normal([size, size], [0, 1])
-    b = tf.random.stateless_normal([size, size], [0, 2])
+    a = tf.cast(tf.random.stateless_normal([size, size], [0, 1]), dtype)
+    b = tf.cast(tf.random.stateless_normal([size, size], [0, 2]), dtype)
     matmul = tf.function(tf.linalg.matmul, jit_compile=jit_compile)
     seconds = seconds_per_call(lambda: matmul(a, b).numpy(), calls, warmup=2)
     return 2.0 * size ** 3 / seconds / 1e9

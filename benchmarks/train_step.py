@@ -121,7 +121,9 @@ def run_torch(threads: int) -> tuple:
     """(images/s, peak RSS in MiB or None) of one run of the PyTorch peer."""
     done = subprocess.run(
         [sys.executable, "-c", _TORCH_WRAPPER, FLAGS.torch_script, "--batch", str(FLAGS.batch),
-         "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads)],
+         "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads),
+         # Matched precision: the peer's autocast against our mixed_bfloat16.
+         *(["--bf16"] if FLAGS.mixed_precision == "mixed_bfloat16" else [])],
         capture_output=True, text=True, timeout=3600,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
@@ -188,10 +190,13 @@ def main(argv):
     }
     if FLAGS.flops:
         step_flops = ours.flops()
-        matmul = common.matmul_gflops(jit_compile=ours.jit_compile)
+        # The rate to compare with is the matmul's at the step's compute precision.
+        dtype = "bfloat16" if FLAGS.mixed_precision == "mixed_bfloat16" else "float32"
+        matmul = common.matmul_gflops(jit_compile=ours.jit_compile, dtype=dtype)
         achieved = step_flops / seconds / 1e9
-        rows["step FLOPs"] = f"{step_flops / 1e9:.1f} GFLOP (ops that run, TF's op statistics)"
-        rows["achieved"] = (f"{achieved:.1f} GFLOP/s vs measured 2048^2 float32 matmul "
+        rows["step FLOPs"] = (f"{step_flops / 1e9:.1f} GFLOP, {step_flops / FLAGS.batch / 1e9:.2f}"
+                              " per image (ops that run, TF's op statistics)")
+        rows["achieved"] = (f"{achieved:.1f} GFLOP/s vs measured 2048^2 {dtype} matmul "
                             f"{matmul:.1f} GFLOP/s ({100 * achieved / matmul:.0f}%)")
     if other is not None:
         other_mean = sum(other_s) / len(other_s)
@@ -200,7 +205,9 @@ def main(argv):
             f"{1000 * seconds:.1f} ms/step)")
     if FLAGS.vs_torch:
         torch_mean = sum(torch_ips) / len(torch_ips)
-        rows["torch peer"] = f"{torch_mean:.2f} images/s (peak RSS {max(torch_rss):.0f} MiB)"
+        peer = "--bf16" if FLAGS.mixed_precision == "mixed_bfloat16" else "float32"
+        rows[f"torch peer ({peer})"] = (f"{torch_mean:.2f} images/s (peak RSS "
+                                        f"{max(torch_rss):.0f} MiB)")
         rows["ours / torch"] = f"{FLAGS.batch / seconds / torch_mean:.2f}x images/s"
     if FLAGS.breakdown:
         parts = ours.breakdown(FLAGS.steps)

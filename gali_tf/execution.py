@@ -100,8 +100,13 @@ def seconds_per_step(model: keras.Model, dataset: tf.data.Dataset,
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+# The modes compared, by the names run.json records their timings under.
+CANDIDATES = {"no_xla": False, "xla": True}
+
+
 def measure_jit_compile(model: keras.Model, dataset: tf.data.Dataset,
-                        measured_for: dict, steps: int = MEASURED_STEPS) -> ExecutionChoice:
+                        measured_for: dict, steps: int = MEASURED_STEPS,
+                        candidates: Optional[Dict[str, bool]] = None) -> ExecutionChoice:
     """Times the train step with and without XLA and picks the faster.
 
     The model's weights, optimizer states and step count are restored afterwards, so
@@ -110,7 +115,7 @@ def measure_jit_compile(model: keras.Model, dataset: tf.data.Dataset,
     """
     state = _state_variables(model)
     saved = [v.numpy() for v in state]
-    candidates = {"no_xla": False, "xla": True}
+    candidates = candidates or CANDIDATES
     try:
         timings = seconds_per_step(model, dataset, candidates, steps)
     finally:

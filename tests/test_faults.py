@@ -8,6 +8,7 @@ where it needs one (a few steps, width 4), in-process through trainers.main.main
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,32 @@ def _train(trainer_flags, capsys, model_dir, steps=4, *args):
     code, _, err = _main(trainer_flags, capsys, [f"--model_dir={model_dir}",
                                                  f"--steps={steps}", *args])
     assert code == 0, err[-2000:]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny run of 4 steps (ckpt-2, ckpt-4), trained once; each test copies it."""
+    from absl import flags
+    from trainers import main as trainer
+    model_dir = tmp_path_factory.mktemp("base") / "run"
+    saved = flags.FLAGS.flag_values_dict()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["trainers.main", *TINY, f"--model_dir={model_dir}", "--steps=4"])
+    try:
+        trainer.main(["trainers.main"])
+    finally:
+        flags.FLAGS.unparse_flags()
+        for name, value in saved.items():
+            setattr(flags.FLAGS, name, value)
+    return model_dir
+
+
+def _copy_of(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    # The state file names checkpoints relative to its directory: the copy is a run of
+    # its own (and nobody holds its copied lock file).
+    return run
 
 
 def _error_lines(stderr):
@@ -94,12 +121,12 @@ REFUSED = [
 
 @pytest.mark.parametrize("name, setup, args, expected", REFUSED, ids=[c[0] for c in REFUSED])
 def test_trainer_fault_is_one_line_and_keeps_the_run(tmp_path, capsys, monkeypatch,
-                                                     trainer_flags, name, setup, args,
-                                                     expected):
+                                                     trainer_flags, trained_run, name, setup,
+                                                     args, expected):
     run = tmp_path / "run"
     alive = []   # what a set-up holds (a lock) must live while the trainer runs
     if setup is not None:
-        _train(trainer_flags, capsys, run)           # ckpt-2 and ckpt-4
+        _copy_of(trained_run, tmp_path)              # ckpt-2 and ckpt-4
         if callable(setup):
             alive.append(setup(run, monkeypatch))
     before = sorted(os.listdir(run / "checkpoints")) if (run / "checkpoints").exists() else []
@@ -132,9 +159,8 @@ def test_a_stale_lock_of_a_dead_trainer_is_taken_over(tmp_path, capsys, trainer_
 
 
 def test_truncated_newest_checkpoint_is_skipped_in_training_evaluation_and_export(
-        tmp_path, capsys, trainer_flags):
-    run = tmp_path / "run"
-    _train(trainer_flags, capsys, run)
+        tmp_path, capsys, trainer_flags, trained_run):
+    run = _copy_of(trained_run, tmp_path)
     _truncate_data(run, 4)
     restored = training.restore_networks(str(run))
     assert restored.step == 2
@@ -149,9 +175,8 @@ def test_truncated_newest_checkpoint_is_skipped_in_training_evaluation_and_expor
 
 
 def test_unreadable_checkpoint_state_file_resumes_from_the_files_on_disk(
-        tmp_path, capsys, trainer_flags):
-    run = tmp_path / "run"
-    _train(trainer_flags, capsys, run)
+        tmp_path, capsys, trainer_flags, trained_run):
+    run = _copy_of(trained_run, tmp_path)
     (run / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: \"ckpt-4\n{{{")
     code, out, err = _main(trainer_flags, capsys, [f"--model_dir={run}", "--steps=6",
                                                    "--verbose=1"])
@@ -161,9 +186,9 @@ def test_unreadable_checkpoint_state_file_resumes_from_the_files_on_disk(
         .endswith("ckpt-6")
 
 
-def test_allowed_flag_change_takes_effect_and_is_recorded(tmp_path, capsys, trainer_flags):
-    run = tmp_path / "run"
-    _train(trainer_flags, capsys, run)
+def test_allowed_flag_change_takes_effect_and_is_recorded(tmp_path, capsys, trainer_flags,
+                                                          trained_run):
+    run = _copy_of(trained_run, tmp_path)
     code, _, err = _main(trainer_flags, capsys, [f"--model_dir={run}", "--steps=6",
                                                  "--learning_rate=0.001", "--seed=3",
                                                  "--allow_flag_changes"])
@@ -194,17 +219,16 @@ def test_resume_with_a_relative_model_dir_from_another_working_directory(
     assert "resuming from ckpt-2 (step 2)" in out
 
 
-def test_export_and_evaluation_refuse_a_diverged_checkpoint(tmp_path, capsys, trainer_flags):
-    run = tmp_path / "run"
-    _train(trainer_flags, capsys, run, 2)
+def test_export_and_evaluation_refuse_a_diverged_checkpoint(tmp_path, trained_run):
+    run = _copy_of(trained_run, tmp_path)
     restored = training.restore_networks(str(run))
     variable = restored.encoder.trainable_variables[0]
     variable.assign(tf.fill(variable.shape, float("nan")))
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(encoder=restored.encoder, generator=restored.generator),
         str(run / "checkpoints"), max_to_keep=5)
-    manager.save(checkpoint_number=3)
-    with pytest.raises(training.ConfigError, match=r"ckpt-3 cannot be used: it holds "
+    manager.save(checkpoint_number=5)
+    with pytest.raises(training.ConfigError, match=r"ckpt-5 cannot be used: it holds "
                        r"non-finite weights \(1 tensors"):
         training.restore_networks(str(run))
 
