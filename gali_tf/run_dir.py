@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import sys
+import time
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -190,14 +191,32 @@ def remove_failed_saves(directory: str) -> List[str]:
 
 
 def rewrite_checkpoint_state(directory: str, paths_newest_first: List[str]) -> None:
-    """Writes a fresh state file naming `paths` (used after an unreadable one)."""
+    """Writes a fresh state file naming `paths` (after an unreadable one, or without
+    damaged checkpoints).
+
+    Each entry gets a timestamp (its index file's time): tf.train.CheckpointManager
+    forgets entries without one, and the next save would leave them out of the state
+    file, so a later fall-back would find nothing older.
+    """
+    state_file = os.path.join(directory, _STATE_FILE)
     if not paths_newest_first:
-        tf.io.gfile.remove(os.path.join(directory, _STATE_FILE))
+        if tf.io.gfile.exists(state_file):
+            tf.io.gfile.remove(state_file)
         return
-    names = [os.path.basename(p) for p in reversed(paths_newest_first)]
+    oldest_first = list(reversed(paths_newest_first))
+    now = time.time()
+    stamps = []
+    for path in oldest_first:
+        try:
+            stamp = tf.io.gfile.stat(path + ".index").mtime_nsec / 1e9
+        except tf.errors.OpError:
+            stamp = now
+        # Increasing and in the past, as the manager's own records are.
+        stamps.append(min(max(stamp, stamps[-1] + 1e-3 if stamps else 0.0), now))
     checkpoint_management.update_checkpoint_state_internal(
-        directory, model_checkpoint_path=names[-1], all_model_checkpoint_paths=names,
-        save_relative_paths=True)
+        directory, model_checkpoint_path=os.path.basename(oldest_first[-1]),
+        all_model_checkpoint_paths=[os.path.basename(p) for p in oldest_first],
+        save_relative_paths=True, all_model_checkpoint_timestamps=stamps)
 
 
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
