@@ -98,7 +98,8 @@ def main(argv):
             if FLAGS.step_steps > 0:
                 key = (network.arch, network.example_shape)
                 if key not in steps:
-                    _, _, run, _ = common.train_step("gali4", network, FLAGS.batch, jit_compile=True)
+                    _, _, run, _ = common.train_step("gali4", network, FLAGS.batch,
+                                                     jit_compile=True)
                     steps[key] = FLAGS.batch / common.seconds_per_call(run, FLAGS.step_steps, 2)
                 text += (f"   train step ({network.arch}, GALI-4) {steps[key]:8.1f} images/s"
                          f"   ratio {pipeline / steps[key]:7.1f}x")

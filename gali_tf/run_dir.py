@@ -132,7 +132,8 @@ def checkpoint_problem(path: str, allow_nonfinite: bool = False) -> Optional[str
         # Truncation surfaces as IndexError, OutOfRange or DataLoss depending on where
         # the cut falls; any failure to read it back makes it unusable alike.
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        return f"its files are incomplete or unreadable ({lines[0][:120] if lines else type(error).__name__})"
+        reason = lines[0][:120] if lines else type(error).__name__
+        return f"its files are incomplete or unreadable ({reason})"
     if nonfinite and not allow_nonfinite:
         return (f"it holds non-finite weights ({len(nonfinite)} tensors, e.g. "
                 f"{nonfinite[0]})")

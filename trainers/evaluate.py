@@ -35,8 +35,10 @@ def define_flags():
     flags.DEFINE_list("metrics", [], f"Some of {', '.join(suite.METRICS)}; empty = all that apply.")
     flags.DEFINE_enum("split", "test", ["train", "test"], "Split the metrics are computed on.")
     flags.DEFINE_integer("batch_size", 100, "Evaluation batch size.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the run's dataset (default: the run's own).")
-    flags.DEFINE_string("image_dir", None, "Image folder of a --dataset=folder run (default: the run's own).")
+    flags.DEFINE_string("data_dir", None,
+                        "TFDS data_dir holding the run's dataset (default: the run's own).")
+    flags.DEFINE_string("image_dir", None,
+                        "Image folder of a --dataset=folder run (default: the run's own).")
     for prefix, what in (("feature", "Feature MSE network M (default: the run's own M, if any)"),
                          ("fid", "FID network (default: the feature MSE network)")):
         flags.DEFINE_string(f"{prefix}_model", "",
