@@ -1,8 +1,9 @@
 """How the train step runs fastest on this machine: measured at start-up, not assumed.
 
-XLA is not faster everywhere: on the 2-core AMD EPYC (AVX-512) this project runs on, the
-digits train step takes about twice as long with XLA as without, while on GPUs XLA
-usually wins. So `jit_compile=None` ("auto") times a few steps of each candidate on the
+XLA is not faster everywhere, and not even on one kind of machine: on a 2-core AMD EPYC
+with AVX-512 the small-network step took about twice as long with XLA as without; on a
+2-core EPYC without AVX-512 it took 1.07x longer, while the svhn32 step ran 1.30x faster
+with XLA (README, "Benchmarks"); on GPUs XLA usually wins. So `jit_compile=None` ("auto") times a few steps of each candidate on the
 run's own model, data and device, keeps the faster, and the run records the choice
 (run.json "execution") so that a resume on the same devices does not measure again.
 """
