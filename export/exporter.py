@@ -37,7 +37,6 @@ import time
 import uuid
 from typing import List, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from gali_tf import data, run_dir, training, tuples
@@ -261,9 +260,8 @@ def read_metadata(path: str, flag: str) -> dict:
 def _check_finite(run: training.RestoredRun) -> None:
     """Refuses to export NaN or Inf weights (a diverged run): the modules would load
     fine and then answer NaN to every caller."""
-    variables = list(run.encoder.variables) + list(run.generator.variables)
-    bad = [getattr(v, "path", v.name) for v in variables
-           if tf.as_dtype(v.dtype).is_floating and not np.all(np.isfinite(np.asarray(v)))]
+    bad = run_dir.nonfinite_variables(list(run.encoder.variables)
+                                      + list(run.generator.variables))
     if bad:
         raise ConfigError(f"--checkpoint={run.checkpoint}: non-finite weights (NaN or Inf in "
                           f"{len(bad)} variables of E and G, e.g. {bad[0]}); export an "

@@ -106,16 +106,29 @@ def recorded_checkpoints(directory: str, on_warning: Callable[[str], None] = war
     return [by_step[s] for s in sorted(by_step, reverse=True)], readable
 
 
+# (prefix, its files' names, sizes and times) -> non-finite tensor names: a restore that
+# first picks the newest usable checkpoint and then checks it reads its files once.
+_READS: dict = {}
+
+
 def _read_all_tensors(path: str) -> List[str]:
     """Reads every tensor of a checkpoint (which checks sizes and checksums); returns
     the names of floating-point tensors holding NaN or Inf. Raises on unreadable data."""
-    reader = tf.train.load_checkpoint(path)
-    nonfinite = []
-    for name, dtype in sorted(reader.get_variable_to_dtype_map().items()):
-        value = reader.get_tensor(name)
-        if dtype.is_floating and not np.all(np.isfinite(np.asarray(value, np.float32))):
-            nonfinite.append(name)
-    return nonfinite
+    files = sorted(tf.io.gfile.glob(glob.escape(path) + ".*"))
+    key = (path, tuple((f, s.length, s.mtime_nsec) for f in files
+                       for s in [tf.io.gfile.stat(f)]))
+    if key not in _READS:
+        reader = tf.train.load_checkpoint(path)
+        _READS[key] = [name for name, dtype in sorted(reader.get_variable_to_dtype_map().items())
+                       if dtype.is_floating and not np.all(np.isfinite(
+                           np.asarray(reader.get_tensor(name), np.float32)))]
+    return _READS[key]
+
+
+def nonfinite_variables(variables) -> List[str]:
+    """Names of the floating-point variables (in memory) that hold NaN or Inf."""
+    return [getattr(v, "path", v.name) for v in variables
+            if tf.as_dtype(v.dtype).is_floating and not np.all(np.isfinite(np.asarray(v)))]
 
 
 def checkpoint_problem(path: str, allow_nonfinite: bool = False) -> Optional[str]:

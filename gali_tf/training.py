@@ -627,11 +627,6 @@ def _nonfinite_logs(logs) -> dict:
     return {k: v for k, v in values.items() if not math.isfinite(v)}
 
 
-def _weights_finite(model: keras.Model) -> bool:
-    return all(bool(tf.reduce_all(tf.math.is_finite(v)))
-               for v in model.weights if tf.as_dtype(v.dtype).is_floating)
-
-
 class StopOnDivergence(keras.callbacks.Callback):
     """Raises TrainingDiverged after the first step with a non-finite loss.
 
@@ -688,7 +683,7 @@ class CheckpointEvery(keras.callbacks.Callback):
         step = int(self.model.step.numpy())
         if self.manager.latest_checkpoint != self._path(step):
             # Never a non-finite checkpoint: it would rotate the last good one away.
-            if not _weights_finite(self.model):
+            if run_dir.nonfinite_variables(self.model.weights):
                 raise TrainingDiverged(step, "non-finite weights", self.manager)
             self.manager.save(checkpoint_number=step)
 
