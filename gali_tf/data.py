@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -19,12 +20,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-DATASETS = ("digits", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
+DATASETS = ("digits", "fashion_mnist", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
 SPLITS = ("train", "test")
 
 # Default (image_size, channels) per image dataset.
 _IMAGE_DEFAULTS = {
     "digits": (16, 1),
+    "fashion_mnist": (28, 1),
     "svhn_cropped": (32, 3),
     "cifar10": (32, 3),
     "celeb_a": (64, 3),
@@ -33,6 +35,18 @@ _IMAGE_DEFAULTS = {
 
 DIGITS_NUM_TEST = 297  # 1797 images: 1500 train + 297 test.
 _DIGITS_MAX_VALUE = 16.0  # load_digits pixels are counts in 0..16.
+
+# Fashion-MNIST (Xiao et al. 2017) as its four IDX files; where they are looked for when
+# --data_dir is unset: the Debian package dataset-fashion-mnist, then Keras' download cache.
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
+FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+_IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes
 
 # CelebA images are 218x178 with the face roughly centred; a central 140x140 crop keeps
 # the face and drops most background (the crop used by the usual DCGAN/ALI CelebA code).
@@ -68,8 +82,10 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 class DataConfig:
     """Which data to read and how; field names are the trainer's flag names."""
 
-    dataset: str = "digits"  # digits | svhn_cropped | cifar10 | celeb_a | folder | toy25
-    data_dir: str | None = None  # TFDS data_dir (prepared data; loaded with download=False)
+    dataset: str = "digits"  # one of DATASETS
+    # TFDS data_dir (prepared data; loaded with download=False); fashion_mnist: the folder of
+    # its four IDX files (or a TFDS data_dir), None = FASHION_MNIST_DIRS.
+    data_dir: str | None = None
     image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png
     image_size: int | None = None  # None = the dataset's default
     channels: int | None = None  # None = the dataset's default (digits 1, others 3)
@@ -237,6 +253,110 @@ def _digits_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_l
     return tf.data.Dataset.from_tensor_slices((images, labels) if with_labels else images), None
 
 
+# --------------------------------------------------------------------- fashion_mnist
+
+
+def _idx_path(directory: str, stem: str) -> Optional[str]:
+    """The IDX file `stem` in `directory`, gzipped (as distributed) or not; None if absent."""
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _fashion_mnist_idx_dir(cfg: DataConfig) -> Optional[str]:
+    """The first candidate folder holding all four IDX files, or None."""
+    candidates = [cfg.data_dir] if cfg.data_dir else list(FASHION_MNIST_DIRS)
+    for directory in (os.path.expanduser(d) for d in candidates):
+        if all(_idx_path(directory, stem) for pair in FASHION_MNIST_FILES.values()
+               for stem in pair):
+            return directory
+    return None
+
+
+def _fashion_mnist_uses_tfds(cfg: DataConfig) -> bool:
+    """True when no IDX folder is found but TFDS has fashion_mnist prepared; else raises
+    DataError saying how to get the data (no download here)."""
+    if _fashion_mnist_idx_dir(cfg):
+        return False
+    with contextlib.suppress(Exception):
+        if tfds.builder("fashion_mnist", data_dir=cfg.data_dir).is_prepared():
+            return True
+    where = f"--data_dir={cfg.data_dir}" if cfg.data_dir else " or ".join(FASHION_MNIST_DIRS)
+    raise DataError(
+        f"--dataset=fashion_mnist: its four IDX files are not in {where} (install them with "
+        f"`apt-get install dataset-fashion-mnist`, or put train-images-idx3-ubyte.gz, "
+        f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+        f"in a folder and pass it as --data_dir)"
+    )
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, optionally gzipped) of unsigned bytes as a uint8
+    array of its stored shape; DataError names the file when it is not one."""
+    import gzip  # pylint: disable=import-outside-toplevel
+
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: unreadable IDX file ({error})") from None
+    if len(raw) < 4 or raw[0] or raw[1] or raw[2] != _IDX_UINT8 or not raw[3]:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise DataError(f"{path}: {len(raw) - header} bytes of data, the header says "
+                        f"{int(np.prod(shape))} (shape {shape}): truncated or damaged")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _fashion_mnist_arrays(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28, 1], labels int32 [N]) of a split, from the IDX files."""
+    return _read_fashion_mnist(_fashion_mnist_idx_dir(cfg), split)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_fashion_mnist(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    # Cached: info, the train and test pipelines and the labels all read the same files.
+    images_stem, labels_stem = FASHION_MNIST_FILES[split]
+    images = read_idx(_idx_path(directory, images_stem))
+    labels = read_idx(_idx_path(directory, labels_stem))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"--data_dir={directory}: {split} images {images.shape} and labels "
+                        f"{labels.shape} do not pair up (expected [N, H, W] and [N])")
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"--data_dir={directory}: {split} labels above "
+                        f"{len(FASHION_MNIST_CLASSES) - 1}")
+    return images[..., None], labels.astype(np.int32)
+
+
+def _fashion_mnist_info(cfg: DataConfig) -> DatasetInfo:
+    if _fashion_mnist_uses_tfds(cfg):
+        return _tfds_info(cfg)
+    num = {split: len(_fashion_mnist_arrays(cfg, split)[1]) for split in SPLITS}
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), num["train"], num["test"],
+                       len(FASHION_MNIST_CLASSES), True)
+
+
+def _fashion_mnist_source(cfg: DataConfig, split: str, seed: int, shuffle: bool,
+                          with_labels: bool):
+    if _fashion_mnist_uses_tfds(cfg):
+        return _tfds_source(cfg, split, seed, shuffle, with_labels)
+    images, labels = _fashion_mnist_arrays(cfg, split)
+    shape = _image_shape(cfg)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+
+    def preprocess(image, label):
+        image = _finish_uint8_image(image, shape)
+        return (image, label) if with_labels else image
+
+    return ds, preprocess
+
+
 # ----------------------------------------------------------------------------- toy25
 
 
@@ -293,6 +413,7 @@ class _TfdsSpec:
 _TFDS = {
     "svhn_cropped": _TfdsSpec(10, _svhn_cifar_image, _class_label),
     "cifar10": _TfdsSpec(10, _svhn_cifar_image, _class_label),
+    "fashion_mnist": _TfdsSpec(len(FASHION_MNIST_CLASSES), _svhn_cifar_image, _class_label),
     "celeb_a": _TfdsSpec(len(CELEBA_ATTRIBUTES), _celeba_image, _celeba_attributes),
 }
 
@@ -582,6 +703,7 @@ def naming_unreadable_images() -> Iterator[None]:
 
 _INFO = {
     "digits": _digits_info,
+    "fashion_mnist": _fashion_mnist_info,
     "svhn_cropped": _tfds_info,
     "cifar10": _tfds_info,
     "celeb_a": _tfds_info,
@@ -590,6 +712,7 @@ _INFO = {
 }
 _SOURCE = {
     "digits": _digits_source,
+    "fashion_mnist": _fashion_mnist_source,
     "svhn_cropped": _tfds_source,
     "cifar10": _tfds_source,
     "celeb_a": _tfds_source,
@@ -684,6 +807,8 @@ def train_labels(cfg: DataConfig) -> np.ndarray:
         return _digits_arrays("train", _image_shape(cfg))[1]
     if cfg.dataset == "toy25":
         return toy25_arrays("train")[1]
+    if cfg.dataset == "fashion_mnist" and not _fashion_mnist_uses_tfds(cfg):
+        return _fashion_mnist_arrays(cfg, "train")[1]
     if cfg.dataset not in _TFDS:
         raise DataError(f"--dataset={cfg.dataset} has no labels")
     builder = _tfds_builder(cfg)

@@ -20,13 +20,14 @@ from gali_tf import classifier, data
 from gali_tf.model import ConfigError
 from trainers import cli
 
-flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "celeb_a"],
+flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist", "svhn_cropped", "celeb_a"],
                   "Labelled training data (celeb_a: 40 binary attributes).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download); "
+                    "fashion_mnist: the folder of its four IDX files.")
 flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own; "
                      "use the GAN run's size).")
 flags.DEFINE_string("export_dir", None,
-                    "Where the SavedModel goes (default runs/{digits,svhn,celeba}_classifier/export).")
+                    "Where the SavedModel goes (default runs/{digits,fashion,svhn,celeba}_classifier/export).")
 flags.DEFINE_integer("epochs", 20, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
@@ -40,7 +41,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
-    short = {"svhn_cropped": "svhn", "celeb_a": "celeba"}.get(FLAGS.dataset, FLAGS.dataset)
+    short = {"svhn_cropped": "svhn", "celeb_a": "celeba",
+             "fashion_mnist": "fashion"}.get(FLAGS.dataset, FLAGS.dataset)
     export_dir = FLAGS.export_dir or f"runs/{short}_classifier/export"
     config = classifier.ClassifierConfig(
         data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,

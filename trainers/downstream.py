@@ -32,7 +32,7 @@ def define_flags():
     """Defined on demand, not at import: tests import this module next to
     trainers.main, whose flags (--dataset, --data_dir, ...) would clash."""
     flags.DEFINE_string("hub_module", None, "Exported encoder directory, e.g. OUT/<step>/encoder.")
-    flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10"],
+    flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist", "svhn_cropped", "cifar10"],
                       "Labelled image dataset (single-label classes).")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
     flags.DEFINE_bool("fine_tune", False,

@@ -44,7 +44,7 @@ def define_flags():
                       f"{', '.join(suite.METRICS)}; empty = all that apply).")
     flags.DEFINE_list("eval_flags", [], "More trainers.evaluate flags, comma-separated "
                       "(e.g. --svm_draws=10).")
-    flags.DEFINE_enum("classifier", "", ["", "digits", "svhn_cropped", "celeb_a"],
+    flags.DEFINE_enum("classifier", "", ["", "digits", "fashion_mnist", "svhn_cropped", "celeb_a"],
                       "Train the project classifier on this dataset once and use it as the "
                       "feature MSE and FID network.")
     flags.DEFINE_list("classifier_flags", [], "More trainers.classifier flags.")

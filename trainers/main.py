@@ -19,9 +19,10 @@ from gali_tf import training
 from trainers import cli
 
 # -- data
-flags.DEFINE_enum("dataset", "digits", ["digits", "svhn_cropped", "cifar10", "celeb_a",
-                                        "folder", "toy25"], "Training data.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download).")
+flags.DEFINE_enum("dataset", "digits", list(data.DATASETS), "Training data.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download); "
+                    "fashion_mnist: the folder of its four IDX files (default: "
+                    f"{' or '.join(data.FASHION_MNIST_DIRS)}).")
 flags.DEFINE_string("image_dir", None, "Directory of JPEG/PNG images for --dataset=folder.")
 flags.DEFINE_bool("skip_bad_images", False,
                   "--dataset=folder: leave out images that cannot be decoded (counted in a "
