@@ -22,6 +22,8 @@ from PIL import Image
 
 DATASETS = ("digits", "fashion_mnist", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
 SPLITS = ("train", "test")
+# What the train split may be made of, per dataset (default: its "train" only).
+TRAIN_SPLITS = {"svhn_cropped": ("train", "extra", "train+extra")}
 
 # Default (image_size, channels) per image dataset.
 _IMAGE_DEFAULTS = {
@@ -43,7 +45,6 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
-FASHION_MNIST_SIZES = {"train": 60_000, "test": 10_000}
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes
@@ -90,6 +91,9 @@ class DataConfig:
     image_size: int | None = None  # None = the dataset's default
     channels: int | None = None  # None = the dataset's default (digits 1, others 3)
     shuffle_buffer: int = 10_000
+    # What "train" reads: "train", or for svhn_cropped also its 531k "extra" images
+    # ("extra", as the official GALI and ALI scripts train, or "train+extra").
+    train_split: str = "train"
     # dataset="folder": leave out unreadable images (one warning line) instead of failing.
     skip_bad_images: bool = False
 
@@ -125,6 +129,11 @@ def _check_config(cfg: DataConfig) -> None:
         )
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise DataError(f"--channels={cfg.channels}: expected 1 or 3")
+    if cfg.train_split not in TRAIN_SPLITS.get(cfg.dataset, ("train",)):
+        raise DataError(
+            f"--train_split={cfg.train_split}: expected one of "
+            f"{', '.join(TRAIN_SPLITS.get(cfg.dataset, ('train',)))} for --dataset={cfg.dataset}"
+        )
     if cfg.shuffle_buffer < 1:
         raise DataError(f"--shuffle_buffer={cfg.shuffle_buffer}: expected at least 1")
 
@@ -446,7 +455,8 @@ def _tfds_builder(cfg: DataConfig) -> tfds.core.DatasetBuilder:
 def _tfds_info(cfg: DataConfig) -> DatasetInfo:
     builder = _tfds_builder(cfg)
     splits = builder.info.splits
-    num_train = splits["train"].num_examples if "train" in splits else 0
+    num_train = sum(splits[part].num_examples for part in cfg.train_split.split("+")
+                    if part in splits)
     num_test = splits["test"].num_examples if "test" in splits else 0
     return DatasetInfo(
         cfg.dataset, _image_shape(cfg), num_train, num_test,
@@ -460,7 +470,7 @@ def _tfds_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_lab
     shape = _image_shape(cfg)
     image_feature = builder.info.features["image"]
     ds = builder.as_dataset(
-        split=split,
+        split=cfg.train_split if split == "train" else split,
         shuffle_files=shuffle,
         read_config=tfds.ReadConfig(shuffle_seed=seed),
         # Decode after the shuffle: a buffer of encoded images is ~10x smaller.
@@ -812,7 +822,7 @@ def train_labels(cfg: DataConfig) -> np.ndarray:
     if cfg.dataset not in _TFDS:
         raise DataError(f"--dataset={cfg.dataset} has no labels")
     builder = _tfds_builder(cfg)
-    ds = builder.as_dataset(split="train", shuffle_files=False,
+    ds = builder.as_dataset(split=cfg.train_split, shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
     ds = ds.map(_TFDS[cfg.dataset].label).batch(10_000)
     return np.concatenate([b.numpy() for b in ds]).astype(np.int32)

@@ -33,6 +33,8 @@ class ModelConfig:
 
     tuples: str = "gali4"                 # built-in name or a tuple list (gali_tf.tuples)
     generator_loss: str = "product_of_terms"
+    # The terms' weights: the paper's 2/m, or the official scripts' (objectives.term_weights).
+    loss_weighting: str = "paper"
     l2_weight: float = 1.0                # lambda of the tuple set's l2 terms (ALICE)
     n_dis: int = 1                        # discriminator steps per generator-encoder step
     learning_rate: float = 2e-4
@@ -82,6 +84,9 @@ def check_model_config(config: ModelConfig,
     if config.generator_loss not in objectives.GENERATOR_LOSSES:
         raise ConfigError(f"--generator_loss={config.generator_loss!r}: expected one of "
                           f"{', '.join(objectives.GENERATOR_LOSSES)}")
+    if config.loss_weighting not in objectives.LOSS_WEIGHTINGS:
+        raise ConfigError(f"--loss_weighting={config.loss_weighting!r}: expected one of "
+                          f"{', '.join(objectives.LOSS_WEIGHTINGS)}")
     if config.n_dis < 1:
         raise ConfigError(f"--n_dis={config.n_dis}: expected an integer >= 1")
     if config.noise_schedule not in NOISE_SCHEDULES:
@@ -368,17 +373,19 @@ class GALIModel(keras.Model):
         """Per-example D loss: the n-way cross-entropy (GALI eq. 3), or the K + n - 1
         way semi-supervised loss when D has label classes (ALI 4.3)."""
         if self.label_classes:
-            return objectives.semi_supervised_discriminator_loss(logits, labels,
-                                                                 self.label_classes)
-        return objectives.discriminator_loss(logits)
+            return objectives.semi_supervised_discriminator_loss(
+                logits, labels, self.label_classes, self.config.loss_weighting)
+        return objectives.discriminator_loss(logits, self.config.loss_weighting)
 
     def _generator_loss(self, logits, values):
         """Per-example E/G loss (GALI eq. 4 by default) and the l2 terms (ALICE)."""
         if self.label_classes:
             per_example = objectives.semi_supervised_generator_loss(
-                self.config.generator_loss, logits, self.label_classes)
+                self.config.generator_loss, logits, self.label_classes,
+                self.config.loss_weighting)
         else:
-            per_example = objectives.generator_loss(self.config.generator_loss, logits)
+            per_example = objectives.generator_loss(self.config.generator_loss, logits,
+                                                    self.config.loss_weighting)
         l2 = tf.zeros_like(per_example)
         for target, reconstruction in self.tuple_set.reconstruction_pairs:
             l2 += objectives.l2_reconstruction_loss(values[target.name],

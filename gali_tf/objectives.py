@@ -8,13 +8,43 @@ all built from the same x_i and z_i); `reduce_loss` averages them once by the
 
 Weighting (GALI appendix, "Architecture and Setup"): an objective with m log terms
 is weighted by 2/m, so that ALI's discriminator and generator losses have weight 1.
+`loss_weighting="official_code"` takes the official scripts' relative weights instead
+(`term_weights`), the code the paper's tables came from.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 GENERATOR_LOSSES = ("product_of_terms", "minimax", "misclassification")
+LOSS_WEIGHTINGS = ("paper", "official_code")
+
+
+def term_weights(n: int, weighting: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+    """(w_D [n], w_G [n, n]): the weight of D's term -log p_c(t_c) and of E/G's term
+    -log p_j(t_c) (j != c; the diagonal is 0).
+
+    - "paper": 2/m for an objective of m terms: w_D = 2/n, w_G = 2/(n(n - 1)).
+    - "official_code": the official scripts' sums as written. GALI-4 (n = 4) reads
+      `0.5*CE(t_0, 0) + CE(t_1, 1) + ...` and `(1/6)*CE(t_0, 1) + CE(t_0, 2) + ...`: by
+      operator precedence 2/m scales only the first term of each sum. ALI (n = 2) and
+      GALI-8 (n = 8) add every term with weight 1. Under Adam a constant factor on a
+      loss changes nothing, so what differs from "paper" are the terms' relative
+      weights (for GALI-4: D's data term at half, E/G's term t_0 -> class 1 at 1/6)
+      and their scale against added terms such as ALICE's lambda * l2.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"--loss_weighting={weighting!r}: expected one of "
+                         f"{', '.join(LOSS_WEIGHTINGS)}")
+    off_diagonal = 1.0 - np.eye(n)
+    if weighting == "paper":
+        return np.full(n, 2.0 / n), off_diagonal * 2.0 / (n * (n - 1))
+    d_weights, g_weights = np.ones(n), off_diagonal
+    if n == 4:
+        d_weights[0] = 2.0 / n
+        g_weights[0, 1] = 2.0 / (n * (n - 1))
+    return d_weights, g_weights
 
 
 def _own_class_log_probs(logits: tf.Tensor) -> tf.Tensor:
@@ -23,48 +53,49 @@ def _own_class_log_probs(logits: tf.Tensor) -> tf.Tensor:
     return tf.linalg.diag_part(tf.transpose(log_p, [1, 0, 2]))  # [batch, n]
 
 
-def discriminator_loss(logits: tf.Tensor) -> tf.Tensor:
+def discriminator_loss(logits: tf.Tensor, weighting: str = "paper") -> tf.Tensor:
     """GALI eq. 3 (n-way cross-entropy): L_D = -(2/n) sum_c log p_c(t_c).
 
     For n = 2 this is ALI's discriminator loss -log D(x, E(x)) - log(1 - D(G(z), z)).
+    `weighting` replaces 2/n by `term_weights`' w_D[c].
     """
-    n = logits.shape[0]
-    return -(2.0 / n) * tf.reduce_sum(_own_class_log_probs(logits), axis=-1)
+    weights = tf.constant(term_weights(logits.shape[0], weighting)[0], logits.dtype)
+    return -tf.reduce_sum(weights * _own_class_log_probs(logits), axis=-1)
 
 
-def minimax_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+def minimax_generator_loss(logits: tf.Tensor, weighting: str = "paper") -> tf.Tensor:
     """GALI eq. 2 for the generator-encoder: L_G = -L_D (saturates; an ablation)."""
-    return -discriminator_loss(logits)
+    return -discriminator_loss(logits, weighting)
 
 
-def misclassification_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+def misclassification_generator_loss(logits: tf.Tensor, weighting: str = "paper") -> tf.Tensor:
     """L_G = -(2/n) sum_c log(1 - p_c(t_c)) (GALI "Misclassification Likelihood").
 
     log(1 - p_c) = logsumexp_{j != c} l_j - logsumexp_j l_j, computed without
-    forming 1 - p_c, which underflows when D is confident.
+    forming 1 - p_c, which underflows when D is confident. Weighted as D's terms.
     """
     n = logits.shape[0]
     own = tf.eye(n, dtype=tf.bool)[:, None, :]                           # [n, 1, n]
     others = tf.where(own, tf.constant(-float("inf"), logits.dtype), logits)
     log_not_c = tf.reduce_logsumexp(others, axis=-1) - tf.reduce_logsumexp(logits, axis=-1)
-    return -(2.0 / n) * tf.reduce_sum(log_not_c, axis=0)                  # [n, b] -> [b]
+    weights = tf.constant(term_weights(n, weighting)[0], logits.dtype)[:, None]
+    return -tf.reduce_sum(weights * log_not_c, axis=0)                   # [n, b] -> [b]
 
 
-def product_of_terms_generator_loss(logits: tf.Tensor) -> tf.Tensor:
+def product_of_terms_generator_loss(logits: tf.Tensor, weighting: str = "paper") -> tf.Tensor:
     """GALI eq. 4: L_G = -(2/m) sum_c sum_{j != c} log p_j(t_c), m = n(n - 1).
 
     Every wrong class's probability is pushed up, so the gradient does not vanish
     when D rejects some classes confidently. For n = 2 this is exactly ALI's
     non-saturating loss -log(1 - D(x, E(x))) - log D(G(z), z) (ALI eq. 4).
+    `weighting` replaces 2/m by `term_weights`' w_G[c, j].
     """
-    n = logits.shape[0]
+    weights = tf.constant(term_weights(logits.shape[0], weighting)[1], logits.dtype)
     log_p = tf.nn.log_softmax(logits, axis=-1)                        # [n, b, n]
-    all_terms = tf.reduce_sum(log_p, axis=[0, 2])                     # sum_c sum_j
-    own_terms = tf.reduce_sum(_own_class_log_probs(logits), axis=-1)  # sum_c (j = c)
-    return -(2.0 / (n * (n - 1))) * (all_terms - own_terms)
+    return -tf.einsum("cbj,cj->b", log_p, weights)
 
 
-def generator_loss(name: str, logits: tf.Tensor) -> tf.Tensor:
+def generator_loss(name: str, logits: tf.Tensor, weighting: str = "paper") -> tf.Tensor:
     """The generator-encoder loss selected by name (one of GENERATOR_LOSSES)."""
     losses = {
         "product_of_terms": product_of_terms_generator_loss,
@@ -73,7 +104,7 @@ def generator_loss(name: str, logits: tf.Tensor) -> tf.Tensor:
     }
     if name not in losses:
         raise ValueError(f"--generator_loss={name!r}: expected one of {', '.join(losses)}")
-    return losses[name](logits)
+    return losses[name](logits, weighting)
 
 
 # ------------------------------------------------------------ semi-supervised (ALI 4.3)
@@ -103,7 +134,7 @@ def label_log_probs(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
 
 def semi_supervised_discriminator_loss(logits: tf.Tensor, labels: tf.Tensor,
-                                       num_labels: int) -> tf.Tensor:
+                                       num_labels: int, weighting: str = "paper") -> tf.Tensor:
     """L_D = -(2/n) [log p_{y}(t_0) if labelled else log sum_{k<K} p_k(t_0)] - (2/n) sum_{c>0} log p_{K+c-1}(t_c).
 
     Labelled real pairs must get their label, unlabelled real pairs any of the K
@@ -111,21 +142,21 @@ def semi_supervised_discriminator_loss(logits: tf.Tensor, labels: tf.Tensor,
     Computed as eq. 3 on the merged logits plus, for labelled examples, the swap of
     log p'_0 = log sum_k p_k for log p_y. For n = 2 the weight 2/n is 1.
     """
-    n = logits.shape[0]
     merged = merge_label_logits(logits, num_labels)
-    unsupervised = discriminator_loss(merged)
+    unsupervised = discriminator_loss(merged, weighting)
     log_real = _own_class_log_probs(merged)[:, 0]                       # log sum_k p_k(t_0)
     labelled = tf.cast(labels, tf.int32) >= 0
     swap = tf.where(labelled, log_real - label_log_probs(logits, labels),
                     tf.zeros_like(log_real))
-    return unsupervised + (2.0 / n) * swap
+    return unsupervised + float(term_weights(logits.shape[0], weighting)[0][0]) * swap
 
 
-def semi_supervised_generator_loss(name: str, logits: tf.Tensor, num_labels: int) -> tf.Tensor:
+def semi_supervised_generator_loss(name: str, logits: tf.Tensor, num_labels: int,
+                                   weighting: str = "paper") -> tf.Tensor:
     """The selected generator loss on the merged logits: E and G try to make D take
     real pairs for generated ones and vice versa, labels play no part (no feature
     matching, ALI 4.3)."""
-    return generator_loss(name, merge_label_logits(logits, num_labels))
+    return generator_loss(name, merge_label_logits(logits, num_labels), weighting)
 
 
 def label_predictions(logits: tf.Tensor, num_labels: int) -> tf.Tensor:

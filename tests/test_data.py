@@ -1,5 +1,7 @@
 """Tests for gali_tf.data: shapes, ranges, splits, determinism and input errors."""
 
+import gzip
+import os
 import re
 
 import numpy as np
@@ -95,7 +97,8 @@ def tfds_metadata_dir(tmp_path_factory):
         builder.info.set_splits(tfds.core.SplitDict([
             tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0,
                                 filename_template=template.replace(split=split))
-            for split, n in (("train", 20), ("test", 8))
+            for split, n in (("train", 20), ("test", 8), ("extra", 30))
+            if split != "extra" or name == "svhn_cropped"
         ]))
         builder.data_path.mkdir(parents=True, exist_ok=True)
         builder.info.write_to_directory(builder.data_path)
@@ -123,6 +126,82 @@ def test_tfds_classes(name, tfds_metadata_dir):
         x = _first(data.make_dataset(small, "test", B, shuffle=False, repeat=False,
                                      group=1))
         _assert_images(x, (B, 16, 16, 1))
+
+
+def test_svhn_train_split_extra_as_the_official_scripts(tfds_metadata_dir):
+    with _mock_tfds(tfds_metadata_dir):
+        for split, num_train in (("train", 20), ("extra", 30), ("train+extra", 50)):
+            cfg = data.DataConfig(dataset="svhn_cropped", train_split=split)
+            assert data.dataset_info(cfg).num_train == num_train
+        x = _first(data.make_dataset(data.DataConfig(dataset="svhn_cropped",
+                                                     train_split="extra"),
+                                     "train", B, shuffle=True, repeat=True))
+        _assert_images(x, (B, 32, 32, 3))
+    with pytest.raises(data.DataError, match="--train_split=extra: expected one of train "
+                                             "for --dataset=digits"):
+        data.dataset_info(data.DataConfig(dataset="digits", train_split="extra"))
+
+
+def _write_idx(path, array):
+    """An IDX file of unsigned bytes as LeCun's MNIST format has it (gzipped)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """The four Fashion-MNIST IDX files, with 12 train and 5 test images of our own."""
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 12), ("test", 5)):
+        images_stem, labels_stem = data.FASHION_MNIST_FILES[split]
+        images = rng.randint(0, 256, (n, 28, 28))
+        images[0, 0, :2] = (0, 255)
+        _write_idx(root / f"{images_stem}.gz", images)
+        _write_idx(root / f"{labels_stem}.gz", np.arange(n) % 10)
+    return root
+
+
+def test_fashion_mnist_reads_the_idx_files_with_labels(fashion_dir):
+    cfg = data.DataConfig(dataset="fashion_mnist", data_dir=str(fashion_dir))
+    info = data.dataset_info(cfg)
+    assert info == data.DatasetInfo("fashion_mnist", (28, 28, 1), 12, 5, 10, True)
+    x, y = _first(data.make_dataset(cfg, "train", 12, shuffle=False, repeat=False,
+                                    with_labels=True))
+    _assert_images(x, (12, 28, 28, 1))
+    assert x[0, 0, 0, 0] == -1.0 and x[0, 0, 1, 0] == 1.0   # bytes 0 and 255
+    np.testing.assert_array_equal(y, np.arange(12) % 10)
+    np.testing.assert_array_equal(data.train_labels(cfg), np.arange(12) % 10)
+    small = data.DataConfig(dataset="fashion_mnist", data_dir=str(fashion_dir), image_size=16)
+    _assert_images(_first(data.make_dataset(small, "test", 5, shuffle=False, repeat=False)),
+                   (5, 16, 16, 1))
+
+
+def test_fashion_mnist_missing_or_damaged_is_one_line(fashion_dir, tmp_path):
+    with pytest.raises(data.DataError, match=r"--dataset=fashion_mnist: its four IDX files "
+                       r"are not in --data_dir=.*apt-get install dataset-fashion-mnist"):
+        data.dataset_info(data.DataConfig(dataset="fashion_mnist", data_dir=str(tmp_path)))
+    for name in os.listdir(fashion_dir):
+        (tmp_path / name).write_bytes((fashion_dir / name).read_bytes())
+    stem = data.FASHION_MNIST_FILES["train"][0]
+    raw = gzip.decompress((tmp_path / f"{stem}.gz").read_bytes())
+    (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(data.DataError, match=f"{stem}.gz: .* truncated or damaged"):
+        data.dataset_info(data.DataConfig(dataset="fashion_mnist", data_dir=str(tmp_path)))
+
+
+def test_fashion_mnist_from_prepared_tfds(tfds_metadata_dir):
+    # No IDX files in --data_dir, but TFDS has fashion_mnist prepared there.
+    with _mock_tfds(tfds_metadata_dir):
+        cfg = data.DataConfig(dataset="fashion_mnist", data_dir=tfds_metadata_dir)
+        assert data.dataset_info(cfg) == data.DatasetInfo("fashion_mnist", (28, 28, 1),
+                                                          20, 8, 10, True)
+        x, y = _first(data.make_dataset(cfg, "train", B, shuffle=True, repeat=True,
+                                        with_labels=True))
+        _assert_images(x, (B, 28, 28, 1))
+        assert y.shape == (B,) and y.max() <= 9
 
 
 def test_tfds_celeb_a(tfds_metadata_dir):
@@ -348,6 +427,6 @@ def test_config_errors(cfg, flag):
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(data.DataError, match="expected one of digits, svhn_cropped"):
+    with pytest.raises(data.DataError, match="expected one of digits, fashion_mnist, svhn_cropped"):
         data.make_dataset(data.DataConfig(dataset="foo"), "train", B, shuffle=False,
                           repeat=False)

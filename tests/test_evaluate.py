@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,8 +60,20 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
     report = suite.evaluate_run(digits_run, config)
     assert report.step == 2 and report.dataset == "digits"
     assert set(report.metrics) == {"pixel_mse", "feature_mse", "svm_error", "fid",
-                                   "inpaint_pixel_mse", "inpaint_feature_mse"}
+                                   "inpaint_pixel_mse", "inpaint_feature_mse",
+                                   "mean_image_mse", "class_mean_image_mse",
+                                   "class_agreement", "latent_snr"}
     assert 0.0 < report.metrics["pixel_mse"]["mean"] < 1.0
+    # The baselines: the class mean image is closer to x than the mean image (it knows
+    # the class), and both ignore the code.
+    baseline = report.metrics["mean_image_mse"]["mean"]
+    assert 0.0 < report.metrics["class_mean_image_mse"]["mean"] < baseline < 1.0
+    # Class agreement with the classifier's accuracy on x next to it (the fixture's
+    # classifier is barely trained: the values are checked by hand in test_evaluation).
+    agreement = report.metrics["class_agreement"]
+    assert agreement["n"] == data.DIGITS_NUM_TEST and 0.0 <= agreement["mean"] <= 1.0
+    assert f"{agreement['classifier_accuracy']:.4f}" in agreement["what"]
+    assert report.metrics["latent_snr"]["latent_dim"] == 3
     assert report.metrics["pixel_mse"]["n"] == data.DIGITS_NUM_TEST
     assert 0.0 <= report.metrics["svm_error"]["mean"] <= 1.0
     assert report.metrics["svm_error"]["draws"] == 2
@@ -144,25 +157,43 @@ def test_parse_variants_checks_names_and_files(tmp_path):
 def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     config = tmp_path / "toy.flags"
     config.write_text(
-        "--variants=ALI:configs/toy25_ali.flags\n--seeds=1\n--steps=2\n"
+        "--variants=ALI:configs/toy25_ali.flags\n--seeds=1\n--steps=4\n--eval_points=2\n"
         "--train_flags=--verbose=0,--mlp_hidden=8,--jit_compile=false\n"
         "--metrics=modes\n--eval_flags=--mode_samples=500\n--title=tiny toy\n")
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "trainers.experiment", f"--config={config}", f"--out={out}"]
+    out, results = tmp_path / "out", tmp_path / "results"
+    command = [sys.executable, "-m", "trainers.experiment", f"--config={config}", f"--out={out}",
+               f"--results={results}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = (out / "table.md").read_text()
+    table = (results / "table.md").read_text()
     assert "## tiny toy" in table and f"--config={config}" in table
     assert "| ALI | 1 |" in table and "modes covered (of 25)" in table
-    with open(out / "table.json") as f:
+    assert "final step 4; 2 evaluated points" in table
+    with open(results / "table.json") as f:
         result = json.load(f)
-    report = json.loads((out / "ALI" / "seed_0" / "eval" / "2.json").read_text())
+    run = out / "ALI" / "seed_0"
+    # A learning curve: the run kept a checkpoint at each point and was evaluated there.
+    reports = [json.loads((run / "eval" / f"{step}.json").read_text()) for step in (2, 4)]
+    assert [r["step"] for r in reports] == [2, 4]
     assert result["table"]["ALI"]["modes_covered"]["values"] == \
-        [report["metrics"]["modes_covered"]["mean"]]
-    assert "--seed=0" in (out / "ALI" / "seed_0" / "train.log").read_text().splitlines()[0]
-    times = json.loads((out / "ALI" / "seed_0" / "times.json").read_text())
-    assert times["train"] > 0 and times["eval"] > 0
-    assert "training and evaluation took" in table
+        [reports[-1]["metrics"]["modes_covered"]["mean"]]
+    kept = json.loads((results / "metrics" / "ALI_seed_0.json").read_text())
+    assert [p["step"] for p in kept["points"]] == [2, 4]
+    assert kept["points"][0]["metrics"]["modes_covered"]["mean"] == \
+        reports[0]["metrics"]["modes_covered"]["mean"]
+    assert kept["seed"] == 0 and kept["train_seconds"] > 0 and kept["commit"]
+    assert "--model_dir=OUT/ALI/seed_0" in kept["train_command"]
+    assert str(out) not in kept["train_command"] + kept["eval_command"]
+    assert "--seed=0" in (run / "train.log").read_text().splitlines()[0]
+    assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The table is made again from the metrics files alone (the runs may be gone).
+    shutil.rmtree(out)
+    (results / "table.md").unlink()
+    again = subprocess.run([*command[:-2], f"--results={results}", "--report_only"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "| ALI | 1 |" in (results / "table.md").read_text()
 
 
 def test_a_failed_step_of_an_experiment_is_one_line(tmp_path):

@@ -20,6 +20,52 @@ def test_pixel_mse_of_identical_images_is_zero():
     assert result.mean == 0.0 and result.std == 0.0 and result.num_examples == 12
 
 
+def _batches(*arrays, size=2):
+    return tf.data.Dataset.from_tensor_slices(arrays if len(arrays) > 1 else arrays[0]).batch(size)
+
+
+def test_mean_image_baselines_by_hand():
+    # Train: class 0 images all -1 (0 in [0, 1]), class 1 all +1 (1). Mean image 0.5.
+    train_x = np.array([-1.0, -1.0, 1.0, 1.0], np.float32).reshape(4, 1, 1, 1) * np.ones(
+        (4, 2, 2, 1), np.float32)
+    train_y = np.array([0, 0, 1, 1], np.int32)
+    test_x, test_y = train_x[[0, 2]], train_y[[0, 2]]
+    result = reconstruction.baseline_mse(_batches(train_x, train_y), _batches(test_x, test_y), 2)
+    assert result.mean_image == pytest.approx(0.25) and result.class_mean_image == 0.0
+    unlabelled = reconstruction.baseline_mse(_batches(train_x), _batches(test_x), 0)
+    assert unlabelled.mean_image == pytest.approx(0.25) and unlabelled.class_mean_image is None
+
+
+def test_class_agreement_counts_reconstructions_of_the_right_class():
+    # The "classifier" reads the class off the first pixel's sign; the "reconstruction"
+    # flips the sign of the second image of each batch of two.
+    images = np.array([-1.0, 1.0, 1.0, -1.0], np.float32).reshape(4, 1, 1, 1)
+    labels = np.array([0, 1, 1, 0], np.int32)
+
+    def classify(x):
+        first = tf.reshape(x, [-1, 1])
+        return tf.concat([-first, first], axis=-1)
+
+    def reconstruct(x):
+        return x * tf.constant([1.0, -1.0])[:, None, None, None]
+
+    result = reconstruction.class_agreement(classify, reconstruct, _batches(images, labels))
+    assert (result.agreement, result.accuracy, result.num_examples) == (0.5, 1.0, 4)
+
+
+def test_latent_snr_is_signal_variance_over_noise_variance():
+    # mu of unit 0 takes +-2 (variance 4), unit 1 is constant; sigma = 1 everywhere.
+    images = np.array([2.0, -2.0, 2.0, -2.0], np.float32).reshape(4, 1)
+
+    def encode(x):
+        mu = tf.concat([x, tf.zeros_like(x)], axis=-1)
+        return mu, tf.zeros_like(mu)
+
+    result = reconstruction.latent_snr(encode, _batches(images))
+    assert result.snr == pytest.approx(2.0) and result.active_units == 1
+    assert result.latent_dim == 2
+
+
 def test_point_mse_is_in_data_units():
     points = [tf.constant([[3.0, -4.0], [1.0, 1.0]])]
     result = reconstruction.point_mse(lambda x: tf.zeros_like(x), points)
@@ -216,3 +262,33 @@ def test_comparison_table_has_mean_and_std_over_seeds():
 def test_table_json_keeps_the_unrounded_values():
     out = tables.table_json({"ALI": [_report(modes_covered=20), _report(modes_covered=24)]})
     assert out["ALI"]["modes_covered"] == {"mean": 22.0, "std": 2.0, "values": [20.0, 24.0]}
+
+
+def _run_results(variant, seed, points):
+    return tables.run_results(
+        variant, seed, [{"step": step, "metrics": {k: {"mean": v} for k, v in m.items()}}
+                        for step, m in points],
+        experiment="x.flags", train_command="python -m trainers.main", eval_command="e",
+        commit="abc", machine="2 CPU cores", seconds={"train": 60.0, "eval": 6.0})
+
+
+def test_tables_and_curves_come_from_run_results_files(tmp_path):
+    for seed, final in ((0, 0.04), (1, 0.06)):
+        tables.write_run_results(str(tmp_path), _run_results(
+            "GALI-4", seed, [(10, {"pixel_mse": 0.09}),
+                             (20, {"pixel_mse": final, "mean_image_mse": 0.08})]))
+    tables.write_run_results(str(tmp_path), _run_results("ALI", 0, [(20, {"pixel_mse": 0.07})]))
+    runs = tables.read_run_results(str(tmp_path), ["ALI", "GALI-4", "ALICE"])
+    assert list(runs) == ["ALI", "GALI-4"] and [r["seed"] for r in runs["GALI-4"]] == [0, 1]
+    steps, mean, low, high = tables.curve(runs["GALI-4"], "pixel_mse")
+    np.testing.assert_allclose(steps, [10, 20])
+    np.testing.assert_allclose(mean, [0.09, 0.05])
+    np.testing.assert_allclose((low[-1], high[-1]), (0.04, 0.06))
+    text = tables.experiment_report(runs, title="t", command="c", invocation_minutes=0)
+    assert "| GALI-4 | 2 | 0.0500 ± 0.0100 |" in text
+    assert "the mean training image 0.0800" in text
+    assert "Code: abc." in text
+    assert tables.plot_curves(runs, str(tmp_path / "curves.png")).endswith("curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(tables.ResultsError, match="no finished run of ALICE"):
+        tables.read_run_results(str(tmp_path), ["ALICE"])

@@ -41,6 +41,7 @@ def snapshot(model):
     dict(tuples="ali"), dict(tuples="alice"), dict(tuples="gali4"), dict(tuples="gali8"),
     dict(tuples="gali4", n_dis=2), dict(tuples="gali4", generator_loss="minimax"),
     dict(tuples="gali4", generator_loss="misclassification"),
+    dict(tuples="gali4", loss_weighting="official_code"),
     dict(tuples="x, E(x); G(z), z; G(E(x)), E(x)"),
 ], ids=lambda o: "-".join(str(v) for v in o.values()))
 def test_one_step_moves_every_network_and_gives_finite_losses(options):
@@ -133,6 +134,7 @@ def test_noise_follows_the_epoch_as_in_the_official_code():
 
 @pytest.mark.parametrize("options, flag", [
     (dict(n_dis=0), "--n_dis"), (dict(generator_loss="hinge"), "--generator_loss"),
+    (dict(loss_weighting="code"), "--loss_weighting"),
     (dict(noise_schedule="cosine"), "--noise_schedule"), (dict(learning_rate=0.0), "--learning_rate"),
     (dict(tuples="x, E(x); mask1(x), E(x)"), "--tuples"),
 ])

@@ -98,3 +98,44 @@ def test_generator_loss_by_name_and_unknown_name():
                                [LOG(3 / 8)], rtol=1e-6)
     with pytest.raises(ValueError, match="--generator_loss"):
         objectives.generator_loss("wasserstein", ALI_LOGITS)
+
+
+# n = 4, one example: p(t_c) = softmax of row c.
+FOUR_ROWS = np.array([[1.0, 0.0, -1.0, 0.5], [0.0, 2.0, 0.0, 0.0],
+                      [-0.5, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.5]])
+FOUR_LOGITS = _logits(*FOUR_ROWS.tolist())
+
+
+def _log_p(rows):
+    return rows - np.log(np.exp(rows).sum(-1, keepdims=True))
+
+
+def test_official_code_weighting_is_the_gali4_scripts_sums_as_written():
+    # The official GALI-4 script: loss_d = 0.5*CE(t0,0) + CE(t1,1) + CE(t2,2) + CE(t3,3),
+    # loss_g = (1/6)*CE(t0,1) + the other 11 terms with weight 1 (operator precedence).
+    log_p = _log_p(FOUR_ROWS)
+    d_expected = -(0.5 * log_p[0, 0] + log_p[1, 1] + log_p[2, 2] + log_p[3, 3])
+    g_terms = [(c, j) for c in range(4) for j in range(4) if j != c]
+    g_expected = -sum((1 / 6 if (c, j) == (0, 1) else 1.0) * log_p[c, j] for c, j in g_terms)
+    np.testing.assert_allclose(
+        objectives.discriminator_loss(FOUR_LOGITS, "official_code"), [d_expected], rtol=1e-6)
+    np.testing.assert_allclose(
+        objectives.product_of_terms_generator_loss(FOUR_LOGITS, "official_code"),
+        [g_expected], rtol=1e-6)
+    # The paper's weights on the same logits: 2/4 and 2/12 on every term.
+    np.testing.assert_allclose(objectives.discriminator_loss(FOUR_LOGITS),
+                               [-0.5 * np.trace(log_p)], rtol=1e-6)
+    np.testing.assert_allclose(objectives.product_of_terms_generator_loss(FOUR_LOGITS),
+                               [-sum(log_p[c, j] for c, j in g_terms) / 6], rtol=1e-6)
+
+
+def test_official_code_weighting_of_ali_and_gali8_is_a_plain_sum():
+    # ALI's script adds its two terms; so does GALI-8's (all 8 and all 56 terms).
+    for n in (2, 8):
+        d_weights, g_weights = objectives.term_weights(n, "official_code")
+        np.testing.assert_array_equal(d_weights, np.ones(n))
+        np.testing.assert_array_equal(g_weights, 1.0 - np.eye(n))
+    np.testing.assert_allclose(objectives.discriminator_loss(ALI_LOGITS, "official_code"),
+                               objectives.discriminator_loss(ALI_LOGITS), rtol=1e-6)
+    with pytest.raises(ValueError, match="--loss_weighting='x'"):
+        objectives.term_weights(4, "x")

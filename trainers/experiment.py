@@ -10,9 +10,18 @@ variant (NAME:FLAGFILE of trainers.main) and seed 0..--seeds-1 it runs
 eval.log next to the run. --classifier=digits first trains the project's digits
 classifier into OUT/classifier and uses it as the feature MSE and FID network.
 
-OUT/table.md and OUT/table.json hold variant x metric, mean ± std over seeds, with the
-command and the time it took. Re-running the command resumes: finished runs and
-evaluations are reused.
+--eval_points=N evaluates every run at N equally spaced steps of --steps (the trainer
+keeps a checkpoint at each), so the result is a learning curve, not one point.
+
+Every finished run leaves a small metrics file, RESULTS/metrics/NAME_seed_S.json (the
+variant, seed, exact commands with OUT for --out, the code's commit, the machine, wall
+times and the metrics at every evaluated step), and the table (RESULTS/table.md,
+table.json: the final step, mean ± std over seeds) and the curves (RESULTS/curves.png:
+each metric against steps, mean and min-max over seeds, a line per variant) are made
+from those files alone. RESULTS (--results, default OUT) can be a folder in the
+repository: commit the metrics files, never the runs, and a table grows across
+sessions and machines; --report_only remakes it without training. Re-running the
+command resumes: finished runs and evaluations are reused.
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ def define_flags():
     flags.DEFINE_list("classifier_flags", [], "More trainers.classifier flags.")
     flags.DEFINE_string("out", None, "Output directory (runs, logs, table).")
     flags.DEFINE_string("title", "", "The table's title.")
+    flags.DEFINE_integer("eval_points", 1, "Evaluate each run at this many equally spaced "
+                         "steps of --steps (1 = the final step only).")
+    flags.DEFINE_string("results", None, "Folder of the metrics files, table and curves "
+                        "(default: --out).")
+    flags.DEFINE_bool("report_only", False, "Make the table and curves from the metrics "
+                      "files in --results without training or evaluating.")
 
 
 class ExperimentError(ValueError):
@@ -128,14 +143,55 @@ def _add_seconds(model_dir: str, **seconds: float) -> dict:
     return times
 
 
-def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]):
-    """One run and its evaluation (both reused when already done): (report, times), times
-    the run's accumulated train and eval wall seconds."""
+def eval_steps(total_steps: int, points: int) -> List[int]:
+    """The steps a run is evaluated at: `points` equally spaced, the last = total_steps."""
+    if points < 1:
+        raise ExperimentError(f"--eval_points={points}: expected at least 1")
+    if points > 1 and not total_steps:
+        raise ExperimentError("--eval_points above 1 needs --steps (the budget to divide)")
+    if points > 1 and total_steps % points:
+        raise ExperimentError(f"--eval_points={points}: expected a divisor of "
+                              f"--steps={total_steps}")
+    return [total_steps * k // points for k in range(1, points + 1)] if points > 1 else []
+
+
+def _train_command(name: str, flagfile: str, seed: int, model_dir: str) -> List[str]:
+    points = eval_steps(FLAGS.steps, FLAGS.eval_points)
+    keep = ([f"--checkpoint_every={points[0]}", f"--keep_checkpoints={len(points) + 1}"]
+            if points else [])
+    return _python_module("trainers.main", f"--flagfile={flagfile}", f"--seed={seed}",
+                          f"--model_dir={model_dir}", *FLAGS.train_flags, *keep,
+                          *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
+
+
+def _evaluate_at(name: str, seed: int, model_dir: str, step: int, eval_args: List[str],
+                 final: bool) -> Tuple[dict, float, List[str]]:
+    """The report of one checkpoint (reused when it exists): (report, seconds, command)."""
+    from gali_tf import run_dir  # pylint: disable=import-outside-toplevel
+    checkpoint = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, f"ckpt-{step}")
+    args = list(eval_args)
+    if not final:
+        # Pictures belong to the final point; a curve needs the numbers only.
+        args = [a if not a.startswith("--metrics=") else
+                "--metrics=" + ",".join(m for m in a.split("=", 1)[1].split(",")
+                                        if m != "pictures") for a in args]
+    command = _python_module("trainers.evaluate", f"--model_dir={model_dir}",
+                             *([] if final else [f"--checkpoint={checkpoint}"]), *args)
+    report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
+    seconds = 0.0
+    if not os.path.isfile(report_path):
+        seconds = _run(command, os.path.join(model_dir, f"eval_{step}.log"),
+                       f"{name} seed {seed} evaluation at step {step}")
+    with open(report_path) as f:
+        return json.load(f), seconds, command
+
+
+def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]) -> dict:
+    """One run and its evaluations (reused when already done); returns its metrics file's
+    contents (also written to RESULTS/metrics/)."""
     model_dir = os.path.join(FLAGS.out, name, f"seed_{seed}")
     os.makedirs(model_dir, exist_ok=True)
-    train = _python_module("trainers.main", f"--flagfile={flagfile}", f"--seed={seed}",
-                           f"--model_dir={model_dir}", *FLAGS.train_flags,
-                           *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
+    train = _train_command(name, flagfile, seed, model_dir)
     start_step = _latest_step(model_dir)
     train_seconds = 0.0
     # With --steps the finished state is known: a finished run is not even re-checked.
@@ -143,20 +199,66 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
         train_seconds = _run(train, os.path.join(model_dir, "train.log"),
                              f"{name} seed {seed} training")
     step = _latest_step(model_dir)
-    report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
-    eval_seconds = 0.0
-    if not os.path.isfile(report_path):
-        evaluate = _python_module("trainers.evaluate", f"--model_dir={model_dir}", *eval_args)
-        eval_seconds = _run(evaluate, os.path.join(model_dir, "eval.log"),
-                            f"{name} seed {seed} evaluation")
+    points = [s for s in eval_steps(FLAGS.steps, FLAGS.eval_points) if s < step] + [step]
+    reports, eval_seconds, eval_command = [], 0.0, []
+    for point in points:
+        report, seconds, eval_command = _evaluate_at(name, seed, model_dir, point, eval_args,
+                                                     final=point == step)
+        reports.append(report)
+        eval_seconds += seconds
     # A run that was already finished cost nothing now (the trainer only checked it).
     times = _add_seconds(model_dir, train=train_seconds if step != start_step else 0.0,
                          eval=eval_seconds)
-    with open(report_path) as f:
-        report = json.load(f)
     print(f"{name} seed {seed}: step {step}, train {train_seconds:.0f} s, "
-          f"eval {eval_seconds:.0f} s", flush=True)
-    return report, times
+          f"eval {eval_seconds:.0f} s ({len(points)} points)", flush=True)
+    results = tables.run_results(
+        name, seed, reports, experiment=_config_path(),
+        train_command=_portable(train), eval_command=_portable(eval_command),
+        commit=_commit(), machine=_machine(), seconds=times)
+    tables.write_run_results(_results_dir(), results)
+    return results
+
+
+def _config_path() -> str:
+    configs = [a.split("=", 1)[1] for a in _ARGV[1:] if a.startswith("--config=")]
+    return configs[-1] if configs else ""
+
+
+def _portable(command: List[str]) -> str:
+    """A command as a user types it, with OUT for the experiment's --out."""
+    words = ["python" if w == sys.executable else w for w in command]
+    return " ".join(words).replace(FLAGS.out.rstrip("/"), "OUT")
+
+
+def _commit() -> str:
+    """The code's git commit (+ "-dirty" for uncommitted changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gali_tf", "trainers",
+                                "configs"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                   if line.startswith("model name"))
+        cpu += " with AVX-512" if "avx512f" in text else " without AVX-512"
+    except (OSError, StopIteration):
+        pass
+    gpu = "GPU" if _has_gpu() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}"
+
+
+def _results_dir() -> str:
+    return FLAGS.results or FLAGS.out
 
 
 _ARGV: List[str] = []   # the command line as typed (run() rewrites --config)
@@ -170,41 +272,33 @@ def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     started = time.time()
     try:
-        if not FLAGS.out:
+        if not FLAGS.out and not (FLAGS.report_only and FLAGS.results):
             raise ExperimentError("--out is required (the experiment's directory)")
         if FLAGS.seeds < 1:
             raise ExperimentError(f"--seeds={FLAGS.seeds}: expected at least 1")
         variants = parse_variants(FLAGS.variants)
-        eval_args = ([f"--metrics={','.join(FLAGS.metrics)}"] if FLAGS.metrics else [])
-        eval_args += list(FLAGS.eval_flags)
-        if FLAGS.classifier:
-            eval_args += ensure_classifier(FLAGS.out)
-        done = {name: [train_and_evaluate(name, flagfile, seed, eval_args)
-                       for seed in range(FLAGS.seeds)]
-                for name, flagfile in variants}
-    except ExperimentError as error:
+        eval_steps(FLAGS.steps, FLAGS.eval_points)
+        if not FLAGS.report_only:
+            eval_args = ([f"--metrics={','.join(FLAGS.metrics)}"] if FLAGS.metrics else [])
+            eval_args += list(FLAGS.eval_flags)
+            if FLAGS.classifier:
+                eval_args += ensure_classifier(FLAGS.out)
+            for name, flagfile in variants:
+                for seed in range(FLAGS.seeds):
+                    train_and_evaluate(name, flagfile, seed, eval_args)
+        runs = tables.read_run_results(_results_dir(), [name for name, _ in variants])
+    except (ExperimentError, tables.ResultsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    reports = {name: [report for report, _ in runs] for name, runs in done.items()}
-    run_minutes = sum(t["train"] + t["eval"] for runs in done.values() for _, t in runs) / 60
     minutes = (time.time() - started) / 60
-    machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU" if not _has_gpu() \
-        else f"{os.cpu_count()} CPU cores + GPU"
-    header = [f"## {FLAGS.title or os.path.basename(FLAGS.out.rstrip('/'))}", "",
-              f"`{command_line()}`", "",
-              f"{machine}; the runs' training and evaluation took {run_minutes:.0f} min of "
-              f"wall time in all (this invocation: {minutes:.0f} min); mean ± std over "
-              f"seeds 0..{FLAGS.seeds - 1}.", "", ""]
-    table = "\n".join(header) + tables.comparison_table(reports)
-    notes = sorted({note for rs in reports.values() for r in rs for note in r["notes"]})
-    table += "".join(f"\nNote: {note}\n" for note in notes)
-    with open(os.path.join(FLAGS.out, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(FLAGS.out, "table.json"), "w") as f:
-        json.dump({"command": command_line(), "minutes": minutes, "run_minutes": run_minutes,
-                   "machine": machine,
-                   "table": tables.table_json(reports)}, f, indent=2)
-    print(table)
+    text = tables.experiment_report(runs, title=FLAGS.title or os.path.basename(
+        _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes)
+    results = _results_dir()
+    tables.write_text(os.path.join(results, "table.md"), text)
+    tables.write_text(os.path.join(results, "table.json"), json.dumps(
+        {"command": command_line(), "table": tables.final_table_json(runs)}, indent=2) + "\n")
+    figure = tables.plot_curves(runs, os.path.join(results, "curves.png"))
+    print(text + (f"\ncurves: {figure}" if figure else ""))
 
 
 def _has_gpu() -> bool:

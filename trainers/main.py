@@ -13,7 +13,7 @@ import sys
 
 from absl import flags
 
-from gali_tf import data, networks, tuples
+from gali_tf import data, networks, objectives, tuples
 from gali_tf.model import D_FORWARDS, PRECISION_POLICIES, ConfigError, ModelConfig
 from gali_tf import training
 from trainers import cli
@@ -23,6 +23,9 @@ flags.DEFINE_enum("dataset", "digits", list(data.DATASETS), "Training data.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download); "
                     "fashion_mnist: the folder of its four IDX files (default: "
                     f"{' or '.join(data.FASHION_MNIST_DIRS)}).")
+flags.DEFINE_enum("train_split", "train", ["train", "extra", "train+extra"],
+                  "What the training data are: the train split, or for svhn_cropped its "
+                  "531k-image extra split (the official GALI/ALI scripts) or both.")
 flags.DEFINE_string("image_dir", None, "Directory of JPEG/PNG images for --dataset=folder.")
 flags.DEFINE_bool("skip_bad_images", False,
                   "--dataset=folder: leave out images that cannot be decoded (counted in a "
@@ -42,9 +45,12 @@ flags.DEFINE_bool("stochastic_encoder", True, "ALI's stochastic E; false = BiGAN
 flags.DEFINE_string("tuples", "gali4",
                     f"Tuple set: one of {', '.join(tuples.TUPLE_SETS)}, or classes written as "
                     "'x, E(x); G(z), z' (';' between classes, 'l2: a, b' for an L2 term).")
-flags.DEFINE_enum("generator_loss", "product_of_terms",
-                  ["product_of_terms", "minimax", "misclassification"],
+flags.DEFINE_enum("generator_loss", "product_of_terms", list(objectives.GENERATOR_LOSSES),
                   "Generator-encoder objective (GALI eq. 4 by default).")
+flags.DEFINE_enum("loss_weighting", "paper", list(objectives.LOSS_WEIGHTINGS),
+                  "paper: every log term of an objective of m terms weighted 2/m; "
+                  "official_code: the official scripts' weights (GALI-4: only the first "
+                  "term of each sum scaled, by operator precedence; an ablation).")
 flags.DEFINE_float("l2_weight", 1.0, "Weight of the tuple set's l2 terms (ALICE lambda).")
 flags.DEFINE_enum("d_forward", "fresh", list(D_FORWARDS),
                   "fresh: E/G's gradient from a new D forward after D's step; shared: from "
@@ -122,7 +128,8 @@ def config_from_flags() -> training.TrainConfig:
         data=data.DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
                              image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
                              channels=FLAGS.channels,
-                             skip_bad_images=FLAGS.skip_bad_images),
+                             skip_bad_images=FLAGS.skip_bad_images,
+                             train_split=FLAGS.train_split),
         network=networks.NetworkConfig(
             arch=FLAGS.arch, latent_dim=FLAGS.latent_dim, width=FLAGS.width,
             mlp_hidden=FLAGS.mlp_hidden, leaky_slope=FLAGS.leaky_slope,
@@ -130,6 +137,7 @@ def config_from_flags() -> training.TrainConfig:
             condition_embedding=FLAGS.condition_embedding),
         model=ModelConfig(
             tuples=FLAGS.tuples, generator_loss=FLAGS.generator_loss,
+            loss_weighting=FLAGS.loss_weighting,
             l2_weight=FLAGS.l2_weight, n_dis=FLAGS.n_dis, learning_rate=FLAGS.learning_rate,
             beta_1=FLAGS.beta_1, beta_2=FLAGS.beta_2, instance_noise=FLAGS.instance_noise,
             noise_schedule=FLAGS.noise_schedule, seed=FLAGS.seed, mask_fill=FLAGS.mask_fill,

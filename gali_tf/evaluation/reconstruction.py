@@ -97,3 +97,107 @@ def feature_mse(feature_fn, reconstruct, dataset: tf.data.Dataset) -> MSEResult:
 
 def _reconstruct(reconstruct, images, condition):
     return reconstruct(images, condition=condition[0]) if condition else reconstruct(images)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineMSE:
+    """Pixel MSE (images in [0, 1]) of predictors that ignore the code."""
+
+    mean_image: float                 # the mean training image for every x
+    class_mean_image: float | None    # the mean training image of x's own class
+
+
+def baseline_mse(train: tf.data.Dataset, test: tf.data.Dataset,
+                 num_classes: int) -> BaselineMSE:
+    """What pixel MSE means on this data: a reconstruction no better than the mean image
+    has learned nothing about x; one at the class-mean image has kept only the class.
+
+    Both datasets yield (images in [-1, 1], int labels) batches, or image batches when
+    num_classes = 0, which skips the class-mean baseline (unlabelled data).
+    """
+    classes = max(num_classes, 1)
+    sums, counts = None, np.zeros(classes)
+    for batch in train:
+        images, labels = batch if num_classes else (batch, None)
+        images = to_unit_range(images).numpy().astype(np.float64)
+        index = labels.numpy().astype(int) if num_classes else np.zeros(len(images), int)
+        if sums is None:
+            sums = np.zeros((classes, *images.shape[1:]))
+        np.add.at(sums, index, images)
+        counts += np.bincount(index, minlength=classes)
+    if sums is None:
+        raise ValueError("baseline_mse: the train split is empty")
+    mean_image = sums.sum(0) / counts.sum()
+    class_means = sums / np.maximum(counts, 1).reshape(-1, *[1] * (sums.ndim - 1))
+    overall, by_class, total = 0.0, 0.0, 0
+    for batch in test:
+        images, labels = batch if num_classes else (batch, None)
+        images = to_unit_range(images).numpy().astype(np.float64)
+        overall += float(np.square(images - mean_image).sum())
+        if num_classes:
+            by_class += float(np.square(images - class_means[labels.numpy()]).sum())
+        total += images.size
+    return BaselineMSE(overall / total, by_class / total if num_classes else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassAgreement:
+    agreement: float        # share of G(mu(E(x))) that the classifier gives x's label
+    accuracy: float         # the classifier's accuracy on x itself (the ceiling)
+    num_examples: int
+
+
+def class_agreement(classify, reconstruct, dataset: tf.data.Dataset) -> ClassAgreement:
+    """GALI's "reconstructions of the right class": argmax classify(G(mu(E(x)))) == y.
+
+    `classify` maps images in [-1, 1] to [B, K] logits (the project classifier, frozen);
+    `dataset` yields (images, int labels) batches.
+    """
+    @tf.function
+    def hits(images, labels):
+        labels = tf.cast(labels, tf.int64)
+        on_x = tf.argmax(classify(images), axis=-1) == labels
+        on_reconstruction = tf.argmax(classify(reconstruct(images)), axis=-1) == labels
+        return (tf.reduce_sum(tf.cast(on_reconstruction, tf.int64)),
+                tf.reduce_sum(tf.cast(on_x, tf.int64)))
+
+    agree = correct = total = 0
+    for images, labels in dataset:
+        batch_agree, batch_correct = hits(images, labels)
+        agree, correct = agree + int(batch_agree), correct + int(batch_correct)
+        total += int(images.shape[0])
+    if not total:
+        raise ValueError("class_agreement: the dataset is empty")
+    return ClassAgreement(agree / total, correct / total, total)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSNR:
+    snr: float                  # mean over units of var_x(mu) / mean_x(sigma^2)
+    active_units: int           # units whose ratio exceeds 1 (signal above E's own noise)
+    latent_dim: int
+
+
+def latent_snr(encode, dataset: tf.data.Dataset) -> LatentSNR:
+    """How much of x a stochastic E's code carries beyond its own noise:
+    per unit j, var over x of mu_j(x) divided by the mean over x of sigma_j(x)^2, then
+    the mean over units. Near 0 the code is noise (E has not learned inference yet).
+
+    `encode` maps images to (mu, log_sigma), each [B, latent_dim]; `dataset` yields
+    image batches (labels, if present, are ignored).
+    """
+    encode = tf.function(encode)
+    count, mu_sum, mu_square_sum, variance_sum = 0, 0.0, 0.0, 0.0
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, tuple) else batch
+        mu, log_sigma = encode(images)
+        mu = tf.cast(mu, tf.float64).numpy()
+        count += len(mu)
+        mu_sum = mu_sum + mu.sum(0)
+        mu_square_sum = mu_square_sum + np.square(mu).sum(0)
+        variance_sum = variance_sum + np.exp(2.0 * tf.cast(log_sigma, tf.float64).numpy()).sum(0)
+    if not count:
+        raise ValueError("latent_snr: the dataset is empty")
+    mu_variance = mu_square_sum / count - np.square(mu_sum / count)
+    ratio = mu_variance / np.maximum(variance_sum / count, 1e-12)
+    return LatentSNR(float(ratio.mean()), int((ratio > 1.0).sum()), int(ratio.size))

@@ -155,6 +155,22 @@ def _feature_model(config: features_lib.FeatureConfig, record: dict):
     return features_lib.load_feature_model(config)
 
 
+def _classifier_logits(config: features_lib.FeatureConfig, record: dict,
+                       info: data_lib.DatasetInfo):
+    """The logits of the feature model when it is a classifier of this dataset's classes
+    (the project classifier's "logits" output), else None: what class agreement needs."""
+    path = config.feature_model or record.get("feature_model", "")
+    if (not path or path.startswith(features_lib.INCEPTION_PREFIX) or not info.num_classes
+            or data_lib.is_multi_label(info)):
+        return None
+    try:
+        logits = features_lib.load_feature_model(features_lib.FeatureConfig(
+            path, "logits", config.feature_signature, config.feature_image_size))
+    except features_lib.FeatureModelError:
+        return None   # M has no "logits" output: a feature network, not a classifier
+    return logits if logits.dim == info.num_classes else None
+
+
 def _mse_entry(result: reconstruction.MSEResult, what: str) -> dict:
     return {"mean": result.mean, "std": result.std, "n": result.num_examples, "what": what}
 
@@ -229,6 +245,9 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
                 report.metrics["feature_mse"] = _mse_entry(
                     reconstruction.feature_mse(feature_model, reconstruct, split_images()),
                     f"MSE of M(x) vs M(G(mu(E(x)))), M = {feature_model.description}")
+            if not conditional:
+                _add_reconstruction_context(report, config, record, info, data_config,
+                                            encoder, reconstruct, split_images)
         else:
             report.metrics["point_mse"] = _mse_entry(
                 reconstruction.point_mse(reconstruct, split_images()),
@@ -335,6 +354,45 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     clock.stop()
     report.seconds = time.time() - started
     return report
+
+
+def _add_reconstruction_context(report, config, record, info, data_config, encoder,
+                                reconstruct, split_images) -> None:
+    """Next to pixel MSE, what it means: the mean-image baselines, whether reconstructions
+    keep x's class, and whether E's code carries information beyond its noise."""
+    labelled = bool(info.num_classes) and not data_lib.is_multi_label(info)
+
+    def labelled_split(split, with_labels=True):
+        return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
+                                     repeat=False, with_labels=with_labels,
+                                     drop_remainder=False)
+    if info.num_train:
+        baseline = reconstruction.baseline_mse(labelled_split("train", labelled),
+                                               labelled_split(config.split, labelled),
+                                               info.num_classes if labelled else 0)
+        report.metrics["mean_image_mse"] = {
+            "mean": baseline.mean_image,
+            "what": "pixel MSE of the mean training image (a baseline that ignores x)"}
+        if baseline.class_mean_image is not None:
+            report.metrics["class_mean_image_mse"] = {
+                "mean": baseline.class_mean_image,
+                "what": "pixel MSE of the mean training image of x's class (keeps only "
+                        "the class)"}
+    classify = _classifier_logits(config.feature, record, info) if labelled else None
+    if classify is not None:
+        agreement = reconstruction.class_agreement(classify, reconstruct,
+                                                   labelled_split(config.split))
+        report.metrics["class_agreement"] = {
+            "mean": agreement.agreement, "n": agreement.num_examples,
+            "classifier_accuracy": agreement.accuracy,
+            "what": f"share of G(mu(E(x))) classified as x's label (the classifier's "
+                    f"accuracy on x: {agreement.accuracy:.4f})"}
+    if encoder.stochastic:
+        snr = reconstruction.latent_snr(lambda x: encoder(x, training=False), split_images())
+        report.metrics["latent_snr"] = {
+            "mean": snr.snr, "active_units": snr.active_units, "latent_dim": snr.latent_dim,
+            "what": f"mean over units of var_x(mu)/mean_x(sigma^2); {snr.active_units} of "
+                    f"{snr.latent_dim} units above 1"}
 
 
 def d_classifier_error(restored: training.RestoredRun, dataset: tf.data.Dataset) -> dict:

@@ -1,13 +1,21 @@
-"""Comparison tables: variant x metric, mean ± std over seeds, from eval reports.
+"""Comparison tables and learning curves: variant x metric over seeds, from eval reports.
 
 Each cell is the mean and the (population) std over seeds of one metric's per-run
 value; the within-run spread (e.g. over test batches or SVM draws) is in each run's
 own report, not in the table.
+
+A finished run is kept as a small *run results* file (`run_results`): its variant,
+seed, commands, commit, machine, wall times and the metrics at every evaluated step.
+Tables and curves are made from those files alone, so a table can grow across
+sessions and machines while the runs themselves are thrown away.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import glob
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -15,6 +23,7 @@ import numpy as np
 COLUMNS = (
     ("pixel_mse", "pixel MSE ↓"),
     ("feature_mse", "feature MSE ↓"),
+    ("class_agreement", "class agreement % ↑"),
     ("svm_error", "SVM error % ↓"),
     ("d_error", "semi-supervised D error % ↓"),
     ("fid", "FID ↓"),
@@ -23,8 +32,12 @@ COLUMNS = (
     ("modes_covered", "modes covered (of 25) ↑"),
     ("within_3std", "samples within 3 std % ↑"),
     ("point_mse", "reconstruction MSE ↓"),
+    ("latent_snr", "latent SNR ↑"),
 )
-PERCENT = {"svm_error", "d_error", "within_3std"}
+PERCENT = {"svm_error", "d_error", "within_3std", "class_agreement"}
+# Metrics of the data, not of the model: the same in every run, printed once.
+BASELINES = (("mean_image_mse", "the mean training image"),
+             ("class_mean_image_mse", "the mean training image of x's class"))
 
 
 def metric_values(reports: Sequence[dict], metric: str) -> List[float]:
@@ -44,7 +57,8 @@ def format_cell(metric: str, values: Sequence[float]) -> str:
         return "–"
     scale = 100.0 if metric in PERCENT else 1.0
     mean, std = summarize([scale * v for v in values])
-    digits = ".1f" if metric in PERCENT or metric in ("modes_covered", "fid") else ".4f"
+    digits = (".1f" if metric in PERCENT or metric in ("modes_covered", "fid") else
+              ".3g" if metric == "latent_snr" else ".4f")
     return f"{mean:{digits}} ± {std:{digits}}"
 
 
@@ -71,3 +85,169 @@ def table_json(reports_by_variant: Dict[str, Sequence[dict]]) -> dict:
                 mean, std = summarize(values)
                 out[variant][metric] = {"mean": mean, "std": std, "values": values}
     return out
+
+
+# ------------------------------------------------------------ run results and curves
+
+METRICS_DIR = "metrics"
+
+
+class ResultsError(ValueError):
+    """A results folder that cannot make a table (one line)."""
+
+
+def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment: str,
+                train_command: str, eval_command: str, commit: str, machine: str,
+                seconds: Dict[str, float]) -> dict:
+    """One finished run as kept: everything needed to re-make and trust its table row.
+    `reports` are its eval reports in step order (the last is the final point)."""
+    def numbers(entry):
+        return {k: entry[k] for k in ("mean", "std") if k in entry}
+    return {
+        "experiment": experiment, "variant": variant, "seed": int(seed),
+        "train_command": train_command, "eval_command": eval_command,
+        "commit": commit, "machine": machine,
+        "train_seconds": round(float(seconds.get("train", 0.0)), 1),
+        "eval_seconds": round(float(seconds.get("eval", 0.0)), 1),
+        "notes": sorted({n for r in reports for n in r.get("notes", [])}),
+        "points": [{"step": int(r["step"]),
+                    "metrics": {m: numbers(e) for m, e in r["metrics"].items()}}
+                   for r in reports],
+    }
+
+
+def _results_path(results_dir: str, variant: str, seed: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in variant)
+    return os.path.join(results_dir, METRICS_DIR, f"{safe}_seed_{seed}.json")
+
+
+def write_run_results(results_dir: str, results: dict) -> str:
+    path = _results_path(results_dir, results["variant"], results["seed"])
+    write_text(path, json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def write_text(path: str, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def read_run_results(results_dir: str, variants: Sequence[str]) -> Dict[str, List[dict]]:
+    """variant -> its runs' results sorted by seed, for the given variants in that order
+    (a variant with no finished run is left out)."""
+    found: Dict[str, List[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, METRICS_DIR, "*.json"))):
+        try:
+            with open(path) as f:
+                results = json.load(f)
+            results.setdefault("points", [{"step": results.get("step", 0),
+                                           "metrics": results.get("metrics", {})}])
+            found.setdefault(results["variant"], []).append(results)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ResultsError(f"{path}: not a run results file ({error})") from None
+    runs = {v: sorted(found[v], key=lambda r: r["seed"]) for v in variants if v in found}
+    if not runs:
+        raise ResultsError(f"{os.path.join(results_dir, METRICS_DIR)}: no finished run of "
+                           f"{', '.join(variants)}")
+    return runs
+
+
+def final_reports(runs: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+    """variant -> each run's last evaluated point, in the shape `comparison_table` reads."""
+    return {v: [r["points"][-1] for r in rs] for v, rs in runs.items()}
+
+
+def final_table_json(runs: Dict[str, List[dict]]) -> dict:
+    out = table_json(final_reports(runs))
+    for variant, rs in runs.items():
+        out[variant]["seeds"] = [r["seed"] for r in rs]
+        out[variant]["final_steps"] = sorted({r["points"][-1]["step"] for r in rs})
+    return out
+
+
+def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
+                      invocation_minutes: float) -> str:
+    """The Markdown table of the final points with where and how it was made."""
+    every = [r for rs in runs.values() for r in rs]
+    lines = [f"## {title}", "", f"`{command}`", ""]
+    for variant, rs in runs.items():
+        steps = sorted({r["points"][-1]["step"] for r in rs})
+        train = np.mean([r["train_seconds"] for r in rs]) / 60
+        lines.append(f"- {variant}: seeds {', '.join(str(r['seed']) for r in rs)}; final "
+                     f"step {', '.join(map(str, steps))}; "
+                     f"{len(rs[0]['points'])} evaluated points; training "
+                     f"{train:.0f} min per run (mean)")
+    machines = sorted({r["machine"] for r in every})
+    commits = sorted({r["commit"] for r in every})
+    lines += ["", f"Machine: {'; '.join(machines)}. Code: {', '.join(commits)}. "
+              f"Mean ± std over seeds at each run's final step (this invocation: "
+              f"{invocation_minutes:.0f} min).", "", ""]
+    text = "\n".join(lines) + comparison_table(final_reports(runs))
+    finals = [r["points"][-1]["metrics"] for r in every]
+    baselines = [f"{what} {np.mean([m[key]['mean'] for m in finals if key in m]):.4f}"
+                 for key, what in BASELINES if any(key in m for m in finals)]
+    if baselines:
+        text += "\nPixel MSE of predictors that ignore the code: " + "; ".join(baselines) + ".\n"
+    for note in sorted({n for r in every for n in r.get("notes", [])}):
+        text += f"\nNote: {note}\n"
+    return text
+
+
+def curve(runs: Sequence[dict], metric: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
+    """(steps, mean, min, max) over the runs of one variant, at the steps every run has."""
+    per_run = [{p["step"]: float(p["metrics"][metric]["mean"]) for p in r["points"]
+                if metric in p["metrics"]} for r in runs]
+    steps = sorted(set.intersection(*(set(v) for v in per_run))) if per_run else []
+    values = np.array([[v[s] for s in steps] for v in per_run]).reshape(len(per_run), -1)
+    scale = 100.0 if metric in PERCENT else 1.0
+    return (np.array(steps), scale * values.mean(0), scale * values.min(0),
+            scale * values.max(0))
+
+
+def plot_curves(runs: Dict[str, List[dict]], path: str) -> Optional[str]:
+    """Every metric against steps (mean line, min-max band over seeds, a line per
+    variant) in one PNG; pixel MSE shows the mean-image baselines. None when no run
+    has more than one evaluated point."""
+    metrics = [(m, t) for m, t in COLUMNS
+               if any(len(curve(rs, m)[0]) > 1 for rs in runs.values())]
+    if not metrics:
+        return None
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure, axes = pyplot.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows),
+                                   squeeze=False)
+    for axis, (metric, title) in zip(axes.flat, metrics):
+        for variant, rs in runs.items():
+            steps, mean, low, high = curve(rs, metric)
+            if not len(steps):
+                continue
+            line, = axis.plot(steps, mean, marker="o", markersize=3,
+                              label=f"{variant} ({len(rs)} seeds)")
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        if metric == "pixel_mse":
+            finals = [r["points"][-1]["metrics"] for rs in runs.values() for r in rs]
+            for (key, what), style in zip(BASELINES, ("--", ":")):
+                values = [m[key]["mean"] for m in finals if key in m]
+                if values:
+                    axis.axhline(np.mean(values), color="grey", linestyle=style, label=what)
+        if metric == "latent_snr":
+            axis.set_yscale("log")
+        axis.set_title(title)
+        axis.set_xlabel("generator-encoder steps")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    figure.savefig(path, dpi=80)
+    pyplot.close(figure)
+    return path
