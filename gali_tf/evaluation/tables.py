@@ -144,8 +144,12 @@ def read_run_results(results_dir: str, variants: Sequence[str]) -> Dict[str, Lis
         try:
             with open(path) as f:
                 results = json.load(f)
+            # Files written by hand before the tool kept them: one point, no times.
             results.setdefault("points", [{"step": results.get("step", 0),
                                            "metrics": results.get("metrics", {})}])
+            results.setdefault("commit", results.get("code", "unknown"))
+            results.setdefault("machine", "unknown")
+            results.setdefault("train_seconds", None)
             found.setdefault(results["variant"], []).append(results)
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ResultsError(f"{path}: not a run results file ({error})") from None
@@ -176,11 +180,12 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
     lines = [f"## {title}", "", f"`{command}`", ""]
     for variant, rs in runs.items():
         steps = sorted({r["points"][-1]["step"] for r in rs})
-        train = np.mean([r["train_seconds"] for r in rs]) / 60
+        seconds = [r["train_seconds"] for r in rs if r["train_seconds"] is not None]
+        train = (f"training {np.mean(seconds) / 60:.0f} min per run (mean of "
+                 f"{len(seconds)})" if seconds else "training time not recorded")
         lines.append(f"- {variant}: seeds {', '.join(str(r['seed']) for r in rs)}; final "
                      f"step {', '.join(map(str, steps))}; "
-                     f"{len(rs[0]['points'])} evaluated points; training "
-                     f"{train:.0f} min per run (mean)")
+                     f"{_count(len(rs[0]['points']), 'evaluated point')}; {train}")
     machines = sorted({r["machine"] for r in every})
     commits = sorted({r["commit"] for r in every})
     lines += ["", f"Machine: {'; '.join(machines)}. Code: {', '.join(commits)}. "
@@ -195,6 +200,10 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
     for note in sorted({n for r in every for n in r.get("notes", [])}):
         text += f"\nNote: {note}\n"
     return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def curve(runs: Sequence[dict], metric: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
