@@ -171,12 +171,17 @@ def test_svm_needs_enough_examples_per_class():
 
 
 def test_span_projection_solves_the_same_svm_as_the_full_space():
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
     rng = np.random.RandomState(4)
     x, y = rng.randn(30, 80), rng.randint(3, size=30)     # fewer examples than dimensions
+    x[:, 5] = 2.0                                         # a constant feature
     x_test = rng.randn(50, 80)
     project = svm._LabelledSpan(x)
-    full = project._augment
+    scaler = StandardScaler().fit(x)
+
+    def full(features):   # standardised, with LinearSVC's constant-1 bias feature
+        return np.hstack([scaler.transform(features), np.ones((len(features), 1))])
     options = dict(C=0.1, dual=True, fit_intercept=False, tol=1e-8, max_iter=100000)
     in_full = LinearSVC(**options).fit(full(x), y).decision_function(full(x_test))
     in_span = LinearSVC(**options).fit(project(x), y).decision_function(project(x_test))
