@@ -129,15 +129,18 @@ def ensure_classifier(out: str) -> List[str]:
 TIMES_FILE = "times.json"
 
 
-def _add_seconds(model_dir: str, **seconds: float) -> dict:
-    """Accumulates wall seconds of work actually done on a run (resumed parts too)."""
+def _add_seconds(model_dir: str, train: float, evaluate: float, trained_by: str = "") -> dict:
+    """Accumulates wall seconds of work actually done on a run (resumed parts too), and
+    the commit of the code that last trained it."""
     path = os.path.join(model_dir, TIMES_FILE)
     times = {"train": 0.0, "eval": 0.0}
     if os.path.isfile(path):
         with open(path) as f:
             times.update(json.load(f))
-    for key, value in seconds.items():
-        times[key] += value
+    times["train"] += train
+    times["eval"] += evaluate
+    if trained_by:
+        times["train_commit"] = trained_by
     with open(path, "w") as f:
         json.dump(times, f)
     return times
@@ -207,8 +210,9 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
         reports.append(report)
         eval_seconds += seconds
     # A run that was already finished cost nothing now (the trainer only checked it).
-    times = _add_seconds(model_dir, train=train_seconds if step != start_step else 0.0,
-                         eval=eval_seconds)
+    trained = step != start_step
+    times = _add_seconds(model_dir, train_seconds if trained else 0.0, eval_seconds,
+                         trained_by=_commit() if trained else "")
     print(f"{name} seed {seed}: step {step}, train {train_seconds:.0f} s, "
           f"eval {eval_seconds:.0f} s ({len(points)} points)", flush=True)
     results = tables.run_results(

@@ -98,7 +98,7 @@ class ResultsError(ValueError):
 
 def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment: str,
                 train_command: str, eval_command: str, commit: str, machine: str,
-                seconds: Dict[str, float]) -> dict:
+                seconds: Dict[str, object]) -> dict:
     """One finished run as kept: everything needed to re-make and trust its table row.
     `reports` are its eval reports in step order (the last is the final point)."""
     def numbers(entry):
@@ -106,7 +106,8 @@ def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment:
     return {
         "experiment": experiment, "variant": variant, "seed": int(seed),
         "train_command": train_command, "eval_command": eval_command,
-        "commit": commit, "machine": machine,
+        "commit": commit, "train_commit": seconds.get("train_commit", "not recorded"),
+        "machine": machine,
         "train_seconds": round(float(seconds.get("train", 0.0)), 1),
         "eval_seconds": round(float(seconds.get("eval", 0.0)), 1),
         "notes": sorted({n for r in reports for n in r.get("notes", [])}),
@@ -188,7 +189,9 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
                      f"{_count(len(rs[0]['points']), 'evaluated point')}; {train}")
     machines = sorted({r["machine"] for r in every})
     commits = sorted({r["commit"] for r in every})
-    lines += ["", f"Machine: {'; '.join(machines)}. Code: {', '.join(commits)}. "
+    train_commits = sorted({r.get("train_commit", "not recorded") for r in every})
+    lines += ["", f"Machine: {'; '.join(machines)}. Code: trained by "
+              f"{', '.join(train_commits)}, evaluated by {', '.join(commits)}. "
               f"Mean ± std over seeds at each run's final step (this invocation: "
               f"{invocation_minutes:.0f} min).", "", ""]
     text = "\n".join(lines) + comparison_table(final_reports(runs))
