@@ -305,12 +305,14 @@ def read_idx(path: str) -> np.ndarray:
     """An IDX file (LeCun's MNIST format, optionally gzipped) of unsigned bytes as a uint8
     array of its stored shape; DataError names the file when it is not one."""
     import gzip  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
 
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
+        # gzip raises zlib.error for a damaged stream past a valid header.
         raise DataError(f"{path}: unreadable IDX file ({error})") from None
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] != _IDX_UINT8 or not raw[3]:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")

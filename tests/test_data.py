@@ -190,6 +190,12 @@ def test_fashion_mnist_missing_or_damaged_is_one_line(fashion_dir, tmp_path):
     (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(raw[:-100]))
     with pytest.raises(data.DataError, match=f"{stem}.gz: .* truncated or damaged"):
         data.dataset_info(data.DataConfig(dataset="fashion_mnist", data_dir=str(tmp_path)))
+    # A damaged deflate stream behind a valid gzip header (zlib.error, not OSError).
+    damaged = bytearray(gzip.compress(raw))
+    damaged[12] ^= 0xFF
+    (tmp_path / f"{stem}.gz").write_bytes(bytes(damaged))
+    with pytest.raises(data.DataError, match=f"{stem}.gz: unreadable IDX file"):
+        data.read_idx(str(tmp_path / f"{stem}.gz"))
 
 
 def test_fashion_mnist_from_prepared_tfds(tfds_metadata_dir):
