@@ -196,6 +196,49 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| ALI | 1 |" in (results / "table.md").read_text()
 
+    # A results folder that grew across sessions: a seed beyond --seeds and a run of
+    # another budget stay out of the table, and the table says so.
+    for seed, final in ((3, 4), (0, 4)):
+        other = dict(kept, seed=seed, variant="ALI" if seed else "GALI-4")
+        other["points"] = [dict(kept["points"][-1], step=final + (0 if seed else 96))]
+        (results / "metrics" / f"{other['variant']}_seed_{seed}.json").write_text(
+            json.dumps(other))
+    grown = subprocess.run([*command[:-2], f"--results={results}", "--report_only",
+                            "--variants=ALI:configs/toy25_ali.flags,"
+                            "GALI-4:configs/toy25_gali4.flags"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    table = (results / "table.md").read_text()
+    assert "| ALI | 1 |" in table and "| GALI-4 |" not in table
+    assert ("Left out of this table: ALI seed 3 (not among the seeds 0); GALI-4 seed 0 "
+            "(final step 100, not the budget's 4).") in table
+
+
+def test_curve_points_drop_pictures_and_skip_a_point_with_nothing_to_compute():
+    args = ["--metrics=reconstruction,pictures", "--svm_draws=10"]
+    assert experiment.point_metrics(args, final=True) == args
+    assert experiment.point_metrics(args, final=False) == ["--metrics=reconstruction",
+                                                           "--svm_draws=10"]
+    assert experiment.point_metrics(["--metrics=pictures"], final=False) is None
+    assert experiment.point_metrics(["--svm_draws=10"], final=False) == ["--svm_draws=10"]
+
+
+def test_a_curve_point_without_its_checkpoint_is_skipped_with_a_note(tmp_path, capsys):
+    # A run trained before --eval_points kept fewer checkpoints: its table point stays.
+    report, seconds, command = experiment._evaluate_at(
+        "ALI", 0, str(tmp_path), 3, ["--metrics=modes"], final=False)
+    assert (report, seconds, command) == (None, 0.0, [])
+    assert ("note: ALI seed 0: no point at step 3 on its curve: checkpoint ckpt-3 cannot be "
+            "used: its .index file is missing") in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_recorded_command_line_quotes_what_the_shell_would_split(monkeypatch):
+    monkeypatch.setattr(experiment, "_ARGV", ["experiment.py", "--title=ALI vs GALI-4",
+                                              "--seeds=3"])
+    assert experiment.command_line() == \
+        "python -m trainers.experiment '--title=ALI vs GALI-4' --seeds=3"
+
 
 def test_a_failed_step_of_an_experiment_is_one_line(tmp_path):
     failing = [sys.executable, "-c", "print('noise'); print('error: --tuples=x: bad'); exit(2)"]

@@ -1,5 +1,8 @@
 """The evaluation metrics against cases with known answers."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -297,3 +300,34 @@ def test_tables_and_curves_come_from_run_results_files(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(tables.ResultsError, match="no finished run of ALICE"):
         tables.read_run_results(str(tmp_path), ["ALICE"])
+
+
+def test_a_damaged_run_results_file_is_one_results_error(tmp_path):
+    good = _run_results("ALI", 0, [(20, {"pixel_mse": 0.07})])
+    (tmp_path / "metrics").mkdir()
+    for name, damaged, expected in (
+            ("no_seed", {k: v for k, v in good.items() if k != "seed"}, "KeyError: 'seed'"),
+            ("no_points", dict(good, points=[]), "no evaluated point"),
+            ("a_list", [good], "AttributeError"),
+            ("bad_metrics", dict(good, points=[{"step": 2, "metrics": [1]}]),
+             "the metrics at step 2 are not a mapping")):
+        path = tmp_path / "metrics" / f"{name}.json"
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(tables.ResultsError, match=re.escape(
+                f"{path}: not a run results file (")) as info:
+            tables.read_run_results(str(tmp_path), ["ALI"])
+        assert expected in str(info.value)
+        path.unlink()
+
+
+def test_select_runs_keeps_the_asked_seeds_at_the_budget():
+    runs = {"ALI": [_run_results("ALI", s, [(step, {"pixel_mse": 0.05})])
+                    for s, step in ((0, 20), (1, 10), (4, 20))]}
+    kept, left_out = tables.select_runs(runs, seeds=range(3), final_step=20)
+    assert [r["seed"] for r in kept["ALI"]] == [0]
+    assert left_out == ["ALI seed 1 (final step 10, not the budget's 20)",
+                        "ALI seed 4 (not among the seeds 0, 1, 2)"]
+    assert tables.select_runs(runs, seeds=range(5))[1] == []
+    text = tables.experiment_report(kept, title="t", command="c", invocation_minutes=0,
+                                    left_out=left_out)
+    assert "Left out of this table: ALI seed 1 (final step 10" in text

@@ -29,10 +29,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from absl import flags
 
@@ -167,22 +168,46 @@ def _train_command(name: str, flagfile: str, seed: int, model_dir: str) -> List[
                           *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
 
 
+def point_metrics(eval_args: List[str], final: bool) -> Optional[List[str]]:
+    """The evaluate arguments of one point of a run's curve, None when it has nothing to
+    compute: pictures belong to the final point, a curve needs the numbers only. Without
+    --metrics (all that apply) the pictures stay: evaluate alone knows what applies, and
+    they take a second."""
+    if final:
+        return list(eval_args)
+    args = []
+    for arg in eval_args:
+        if arg.startswith("--metrics="):
+            kept = [m for m in arg.split("=", 1)[1].split(",") if m and m != "pictures"]
+            if not kept:
+                return None   # "--metrics=" would mean all that apply: the costly ones
+            arg = "--metrics=" + ",".join(kept)
+        args.append(arg)
+    return args
+
+
 def _evaluate_at(name: str, seed: int, model_dir: str, step: int, eval_args: List[str],
-                 final: bool) -> Tuple[dict, float, List[str]]:
-    """The report of one checkpoint (reused when it exists): (report, seconds, command)."""
+                 final: bool) -> Tuple[Optional[dict], float, List[str]]:
+    """The report of one checkpoint (reused when it exists): (report, seconds, command);
+    the report is None for a curve point that is skipped (printed with the reason)."""
     from gali_tf import run_dir  # pylint: disable=import-outside-toplevel
     checkpoint = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, f"ckpt-{step}")
-    args = list(eval_args)
-    if not final:
-        # Pictures belong to the final point; a curve needs the numbers only.
-        args = [a if not a.startswith("--metrics=") else
-                "--metrics=" + ",".join(m for m in a.split("=", 1)[1].split(",")
-                                        if m != "pictures") for a in args]
+    args = point_metrics(eval_args, final)
+    if args is None:
+        return None, 0.0, []
     command = _python_module("trainers.evaluate", f"--model_dir={model_dir}",
                              *([] if final else [f"--checkpoint={checkpoint}"]), *args)
     report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
     seconds = 0.0
     if not os.path.isfile(report_path):
+        problem = None if final else run_dir.checkpoint_problem(checkpoint)
+        if problem:
+            # e.g. a run trained before --eval_points kept fewer checkpoints: its curve
+            # lacks this point, the table (the final point) does not.
+            print(f"note: {name} seed {seed}: no point at step {step} on its curve: "
+                  f"checkpoint ckpt-{step} cannot be used: {problem}",
+                  flush=True)
+            return None, 0.0, []
         seconds = _run(command, os.path.join(model_dir, f"eval_{step}.log"),
                        f"{name} seed {seed} evaluation at step {step}")
     with open(report_path) as f:
@@ -205,10 +230,12 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
     points = [s for s in eval_steps(FLAGS.steps, FLAGS.eval_points) if s < step] + [step]
     reports, eval_seconds, eval_command = [], 0.0, []
     for point in points:
-        report, seconds, eval_command = _evaluate_at(name, seed, model_dir, point, eval_args,
-                                                     final=point == step)
-        reports.append(report)
-        eval_seconds += seconds
+        report, seconds, command = _evaluate_at(name, seed, model_dir, point, eval_args,
+                                                final=point == step)
+        if report is not None:
+            reports.append(report)
+            eval_seconds += seconds
+            eval_command = command
     # A run that was already finished cost nothing now (the trainer only checked it).
     trained = step != start_step
     times = _add_seconds(model_dir, train_seconds if trained else 0.0, eval_seconds,
@@ -231,7 +258,7 @@ def _config_path() -> str:
 def _portable(command: List[str]) -> str:
     """A command as a user types it, with OUT for the experiment's --out."""
     words = ["python" if w == sys.executable else w for w in command]
-    return " ".join(words).replace(FLAGS.out.rstrip("/"), "OUT")
+    return shlex.join(words).replace(FLAGS.out.rstrip("/"), "OUT")
 
 
 def _commit() -> str:
@@ -269,7 +296,7 @@ _ARGV: List[str] = []   # the command line as typed (run() rewrites --config)
 
 
 def command_line() -> str:
-    return " ".join(["python -m trainers.experiment", *(_ARGV or sys.argv)[1:]])
+    return "python -m trainers.experiment " + shlex.join((_ARGV or sys.argv)[1:])
 
 
 def main(argv):
@@ -290,13 +317,20 @@ def main(argv):
             for name, flagfile in variants:
                 for seed in range(FLAGS.seeds):
                     train_and_evaluate(name, flagfile, seed, eval_args)
-        runs = tables.read_run_results(_results_dir(), [name for name, _ in variants])
+        runs, left_out = tables.select_runs(
+            tables.read_run_results(_results_dir(), [name for name, _ in variants]),
+            seeds=range(FLAGS.seeds), final_step=FLAGS.steps)
+        if not runs:
+            budget = f" at --steps={FLAGS.steps}" if FLAGS.steps else ""
+            raise tables.ResultsError(f"{_results_dir()}: no run of seeds 0-{FLAGS.seeds - 1}"
+                                      f"{budget} (left out: {'; '.join(left_out)})")
     except (ExperimentError, tables.ResultsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     minutes = (time.time() - started) / 60
     text = tables.experiment_report(runs, title=FLAGS.title or os.path.basename(
-        _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes)
+        _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes,
+        left_out=left_out)
     results = _results_dir()
     tables.write_text(os.path.join(results, "table.md"), text)
     tables.write_text(os.path.join(results, "table.json"), json.dumps(

@@ -137,28 +137,67 @@ def write_text(path: str, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _check_run_results(results: dict) -> dict:
+    """The fields a table reads, with defaults for files written by hand before the
+    tool kept them (one point, no times); KeyError/TypeError/ValueError when absent."""
+    results.setdefault("points", [{"step": results.get("step", 0),
+                                   "metrics": results.get("metrics", {})}])
+    results.setdefault("commit", results.get("code", "unknown"))
+    results.setdefault("machine", "unknown")
+    results.setdefault("train_seconds", None)
+    if not isinstance(results["variant"], str):
+        raise TypeError(f"variant {results['variant']!r} is not a name")
+    results["seed"] = int(results["seed"])
+    if not results["points"]:
+        raise ValueError("it has no evaluated point")
+    for point in results["points"]:
+        point["step"] = int(point["step"])
+        if not isinstance(point["metrics"], dict):
+            raise TypeError(f"the metrics at step {point['step']} are not a mapping")
+    return results
+
+
 def read_run_results(results_dir: str, variants: Sequence[str]) -> Dict[str, List[dict]]:
     """variant -> its runs' results sorted by seed, for the given variants in that order
-    (a variant with no finished run is left out)."""
+    (a variant with no finished run is left out). ResultsError names a file that is not
+    a run results file."""
     found: Dict[str, List[dict]] = {}
     for path in sorted(glob.glob(os.path.join(results_dir, METRICS_DIR, "*.json"))):
         try:
             with open(path) as f:
-                results = json.load(f)
-            # Files written by hand before the tool kept them: one point, no times.
-            results.setdefault("points", [{"step": results.get("step", 0),
-                                           "metrics": results.get("metrics", {})}])
-            results.setdefault("commit", results.get("code", "unknown"))
-            results.setdefault("machine", "unknown")
-            results.setdefault("train_seconds", None)
-            found.setdefault(results["variant"], []).append(results)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ResultsError(f"{path}: not a run results file ({error})") from None
+                results = _check_run_results(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ResultsError(f"{path}: not a run results file "
+                               f"({type(error).__name__}: {error})") from None
+        found.setdefault(results["variant"], []).append(results)
     runs = {v: sorted(found[v], key=lambda r: r["seed"]) for v in variants if v in found}
     if not runs:
         raise ResultsError(f"{os.path.join(results_dir, METRICS_DIR)}: no finished run of "
                            f"{', '.join(variants)}")
     return runs
+
+
+def select_runs(runs: Dict[str, List[dict]], seeds: Sequence[int],
+                final_step: int = 0) -> Tuple[Dict[str, List[dict]], List[str]]:
+    """(the runs of the experiment as asked, why each other run was left out).
+
+    A results folder that grows across sessions can hold runs of another budget or of
+    seeds beyond --seeds; a table row mixes only runs of the given seeds whose final
+    point is `final_step` (0: any)."""
+    kept: Dict[str, List[dict]] = {}
+    left_out = []
+    for variant, rs in runs.items():
+        for run in rs:
+            final = run["points"][-1]["step"]
+            if run["seed"] not in seeds:
+                left_out.append(f"{variant} seed {run['seed']} (not among the seeds "
+                                f"{', '.join(map(str, seeds))})")
+            elif final_step and final != final_step:
+                left_out.append(f"{variant} seed {run['seed']} (final step {final}, "
+                                f"not the budget's {final_step})")
+            else:
+                kept.setdefault(variant, []).append(run)
+    return kept, left_out
 
 
 def final_reports(runs: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
@@ -175,8 +214,9 @@ def final_table_json(runs: Dict[str, List[dict]]) -> dict:
 
 
 def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
-                      invocation_minutes: float) -> str:
-    """The Markdown table of the final points with where and how it was made."""
+                      invocation_minutes: float, left_out: Sequence[str] = ()) -> str:
+    """The Markdown table of the final points with where and how it was made, and the
+    runs of the results folder it leaves out (see `select_runs`)."""
     every = [r for rs in runs.values() for r in rs]
     lines = [f"## {title}", "", f"`{command}`", ""]
     for variant, rs in runs.items():
@@ -202,6 +242,8 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
         text += "\nPixel MSE of predictors that ignore the code: " + "; ".join(baselines) + ".\n"
     for note in sorted({n for r in every for n in r.get("notes", [])}):
         text += f"\nNote: {note}\n"
+    if left_out:
+        text += "\nLeft out of this table: " + "; ".join(left_out) + ".\n"
     return text
 
 
