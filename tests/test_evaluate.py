@@ -183,8 +183,9 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
         reports[0]["metrics"]["modes_covered"]["mean"]
     assert kept["seed"] == 0 and kept["train_seconds"] > 0 and kept["commit"]
     assert kept["train_commit"] == kept["commit"]   # trained and evaluated by this code
+    assert json.loads((run / "times.json").read_text())["eval_commit"] == kept["commit"]
     assert "--model_dir=OUT/ALI/seed_0" in kept["train_command"]
-    assert str(out) not in kept["train_command"] + kept["eval_command"]
+    assert str(out) not in json.dumps(kept)   # commands and notes name OUT, not this machine
     assert "--seed=0" in (run / "train.log").read_text().splitlines()[0]
     assert (results / "curves.png").read_bytes()[:4] == b"\x89PNG"
 

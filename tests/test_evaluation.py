@@ -295,7 +295,10 @@ def test_tables_and_curves_come_from_run_results_files(tmp_path):
     text = tables.experiment_report(runs, title="t", command="c", invocation_minutes=0)
     assert "| GALI-4 | 2 | 0.0500 ± 0.0100 |" in text
     assert "the mean training image 0.0800" in text
-    assert "evaluated by abc." in text
+    assert "Code: abc." in text   # no training commit recorded: one commit to name
+    runs["ALI"][0]["train_commit"] = "def"
+    assert "Code: trained by def, evaluated by abc." in tables.experiment_report(
+        runs, title="t", command="c", invocation_minutes=0)
     assert tables.plot_curves(runs, str(tmp_path / "curves.png")).endswith("curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(tables.ResultsError, match="no finished run of ALICE"):

@@ -130,9 +130,11 @@ def ensure_classifier(out: str) -> List[str]:
 TIMES_FILE = "times.json"
 
 
-def _add_seconds(model_dir: str, train: float, evaluate: float, trained_by: str = "") -> dict:
+def _add_seconds(model_dir: str, train: float, evaluate: float, trained_by: str = "",
+                 evaluated_by: str = "") -> dict:
     """Accumulates wall seconds of work actually done on a run (resumed parts too), and
-    the commit of the code that last trained it."""
+    the commits of the code that last trained and evaluated it (a report reused by a
+    later invocation keeps the commit that wrote it)."""
     path = os.path.join(model_dir, TIMES_FILE)
     times = {"train": 0.0, "eval": 0.0}
     if os.path.isfile(path):
@@ -142,6 +144,8 @@ def _add_seconds(model_dir: str, train: float, evaluate: float, trained_by: str 
     times["eval"] += evaluate
     if trained_by:
         times["train_commit"] = trained_by
+    if evaluated_by:
+        times["eval_commit"] = evaluated_by
     with open(path, "w") as f:
         json.dump(times, f)
     return times
@@ -239,13 +243,15 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
     # A run that was already finished cost nothing now (the trainer only checked it).
     trained = step != start_step
     times = _add_seconds(model_dir, train_seconds if trained else 0.0, eval_seconds,
-                         trained_by=_commit() if trained else "")
+                         trained_by=_commit() if trained else "",
+                         evaluated_by=_commit() if eval_seconds else "")
     print(f"{name} seed {seed}: step {step}, train {train_seconds:.0f} s, "
           f"eval {eval_seconds:.0f} s ({len(points)} points)", flush=True)
     results = tables.run_results(
         name, seed, reports, experiment=_config_path(),
         train_command=_portable(train), eval_command=_portable(eval_command),
-        commit=_commit(), machine=_machine(), seconds=times)
+        commit=times.get("eval_commit", _commit()), machine=_machine(), seconds=times)
+    results["notes"] = sorted({_with_out(note) for note in results["notes"]})
     tables.write_run_results(_results_dir(), results)
     return results
 
@@ -255,10 +261,14 @@ def _config_path() -> str:
     return configs[-1] if configs else ""
 
 
+def _with_out(text: str) -> str:
+    """`text` with OUT for the experiment's --out (the runs' place on one machine)."""
+    return text.replace(FLAGS.out.rstrip("/"), "OUT")
+
+
 def _portable(command: List[str]) -> str:
     """A command as a user types it, with OUT for the experiment's --out."""
-    words = ["python" if w == sys.executable else w for w in command]
-    return shlex.join(words).replace(FLAGS.out.rstrip("/"), "OUT")
+    return _with_out(shlex.join("python" if w == sys.executable else w for w in command))
 
 
 def _commit() -> str:

@@ -229,9 +229,11 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
                      f"{_count(len(rs[0]['points']), 'evaluated point')}; {train}")
     machines = sorted({r["machine"] for r in every})
     commits = sorted({r["commit"] for r in every})
-    train_commits = sorted({r.get("train_commit", "not recorded") for r in every})
-    lines += ["", f"Machine: {'; '.join(machines)}. Code: trained by "
-              f"{', '.join(train_commits)}, evaluated by {', '.join(commits)}. "
+    train_commits = sorted({r["train_commit"] for r in every
+                            if r.get("train_commit", "not recorded") != "not recorded"})
+    code = (f"trained by {', '.join(train_commits)}, evaluated by {', '.join(commits)}"
+            if train_commits and train_commits != commits else ", ".join(commits))
+    lines += ["", f"Machine: {'; '.join(machines)}. Code: {code}. "
               f"Mean ± std over seeds at each run's final step (this invocation: "
               f"{invocation_minutes:.0f} min).", "", ""]
     text = "\n".join(lines) + comparison_table(final_reports(runs))
