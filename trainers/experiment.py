@@ -246,7 +246,7 @@ def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]
                          trained_by=_commit() if trained else "",
                          evaluated_by=_commit() if eval_seconds else "")
     print(f"{name} seed {seed}: step {step}, train {train_seconds:.0f} s, "
-          f"eval {eval_seconds:.0f} s ({len(points)} points)", flush=True)
+          f"eval {eval_seconds:.0f} s ({len(reports)} points)", flush=True)
     results = tables.run_results(
         name, seed, reports, experiment=_config_path(),
         train_command=_portable(train), eval_command=_portable(eval_command),
