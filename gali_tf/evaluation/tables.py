@@ -96,6 +96,9 @@ class ResultsError(ValueError):
     """A results folder that cannot make a table (one line)."""
 
 
+NOT_RECORDED = "not recorded"   # a commit that files written before the tool kept it lack
+
+
 def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment: str,
                 train_command: str, eval_command: str, commit: str, machine: str,
                 seconds: Dict[str, object]) -> dict:
@@ -106,7 +109,7 @@ def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment:
     return {
         "experiment": experiment, "variant": variant, "seed": int(seed),
         "train_command": train_command, "eval_command": eval_command,
-        "commit": commit, "train_commit": seconds.get("train_commit", "not recorded"),
+        "commit": commit, "train_commit": seconds.get("train_commit", NOT_RECORDED),
         "machine": machine,
         "train_seconds": round(float(seconds.get("train", 0.0)), 1),
         "eval_seconds": round(float(seconds.get("eval", 0.0)), 1),
@@ -145,6 +148,7 @@ def _check_run_results(results: dict) -> dict:
     results.setdefault("commit", results.get("code", "unknown"))
     results.setdefault("machine", "unknown")
     results.setdefault("train_seconds", None)
+    results.setdefault("train_commit", NOT_RECORDED)
     if not isinstance(results["variant"], str):
         raise TypeError(f"variant {results['variant']!r} is not a name")
     results["seed"] = int(results["seed"])
@@ -229,8 +233,7 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
                      f"{_count(len(rs[0]['points']), 'evaluated point')}; {train}")
     machines = sorted({r["machine"] for r in every})
     commits = sorted({r["commit"] for r in every})
-    train_commits = sorted({r["train_commit"] for r in every
-                            if r.get("train_commit", "not recorded") != "not recorded"})
+    train_commits = sorted({r["train_commit"] for r in every} - {NOT_RECORDED})
     code = (f"trained by {', '.join(train_commits)}, evaluated by {', '.join(commits)}"
             if train_commits and train_commits != commits else ", ".join(commits))
     lines += ["", f"Machine: {'; '.join(machines)}. Code: {code}. "
