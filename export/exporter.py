@@ -39,8 +39,8 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from gali_tf import data, run_dir, training, tuples
-from gali_tf.model import ConfigError
+from gali_tf import data, run_dir
+from gali_tf.errors import ConfigError
 
 ENCODER_DIR = "encoder"
 GENERATOR_DIR = "generator"
@@ -198,26 +198,26 @@ class GeneratorModule(tf.train.Checkpoint):
                 "serving_default": self.generate.get_concrete_function()}
 
 
-def metadata(run: training.RestoredRun, flags_text: Optional[str]) -> dict:
+def metadata(run: run_dir.RestoredRun, flags_text: Optional[str]) -> dict:
     """What metadata.json holds: enough to feed the modules without gali_tf."""
     record = run.record
-    tuple_set = tuples.parse_tuple_set(record["tuples"])
-    shape = [int(s) for s in record["example_shape"]]
+    tuple_set = record.tuple_set
+    shape = list(record.example_shape)
     condition_dim = run.condition_dim
     return {
         "format": FORMAT,
         "variant": tuple_set.name,
         "tuples": tuple_set.spec,
-        "dataset": record.get("dataset"),
-        "arch": record.get("arch"),
+        "dataset": record.dataset,
+        "arch": record.network.arch,
         "image_shape": shape,
-        "latent_dim": int(record["latent_dim"]),
+        "latent_dim": record.latent_dim,
         "feature_dim": int(run.encoder.feature_width()),
-        "stochastic_encoder": bool(record.get("stochastic_encoder", True)),
+        "stochastic_encoder": record.network.stochastic_encoder,
         "value_range": list(VALUE_RANGE),
         # Conditional runs: what the signatures' y holds, column by column.
         "condition": ({"dim": condition_dim, "columns": data.condition_columns(
-            record.get("dataset"), condition_dim)} if condition_dim else None),
+            record.dataset, condition_dim)} if condition_dim else None),
         "step": int(run.step),
         "checkpoint": (run.checkpoint if "://" in run.checkpoint
                        else os.path.abspath(run.checkpoint)),
@@ -257,7 +257,7 @@ def read_metadata(path: str, flag: str) -> dict:
     return values
 
 
-def _check_finite(run: training.RestoredRun) -> None:
+def _check_finite(run: run_dir.RestoredRun) -> None:
     """Refuses to export NaN or Inf weights (a diverged run): the modules would load
     fine and then answer NaN to every caller."""
     bad = run_dir.nonfinite_variables(list(run.encoder.variables)
@@ -268,14 +268,14 @@ def _check_finite(run: training.RestoredRun) -> None:
                           "earlier checkpoint with --checkpoint=RUN/checkpoints/ckpt-<step>")
 
 
-def _write_version(run: training.RestoredRun, directory: str, flags_text: Optional[str]) -> None:
+def _write_version(run: run_dir.RestoredRun, directory: str, flags_text: Optional[str]) -> None:
     """Writes the three parts of a version into `directory` (a fresh temp dir)."""
-    shape = run.record["example_shape"]
+    shape = run.record.example_shape
     encoder_module = EncoderModule(run.encoder, shape, run.condition_dim)
     tf.saved_model.save(encoder_module, os.path.join(directory, ENCODER_DIR),
                         signatures=encoder_module.signatures())
     generator_module = GeneratorModule(run.encoder, run.generator, shape,
-                                       run.record["latent_dim"], run.condition_dim)
+                                       run.record.latent_dim, run.condition_dim)
     tf.saved_model.save(generator_module, os.path.join(directory, GENERATOR_DIR),
                         signatures=generator_module.signatures())
     write_metadata(os.path.join(directory, METADATA_FILE), metadata(run, flags_text))
@@ -291,20 +291,6 @@ def _check_export_dir(export_dir: str) -> None:
     if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
         where = "is a file" if path == os.path.abspath(export_dir) else f"is under a file ({path})"
         raise ConfigError(f"--export_dir={export_dir} {where}: expected a directory")
-
-
-def _restore(model_dir: str, checkpoint: Optional[str]) -> training.RestoredRun:
-    """restore_networks, with a shape mismatch (raised by Checkpoint.restore itself, before
-    restore_networks' own check) turned into the same one-line ConfigError."""
-    try:
-        return training.restore_networks(model_dir, checkpoint)
-    except ConfigError:
-        raise
-    except (ValueError, tf.errors.OpError) as error:
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        raise ConfigError(f"--model_dir={model_dir}: checkpoint {checkpoint or '(latest)'} "
-                          f"does not match the networks in {training.RUN_RECORD} "
-                          f"({lines[-1][:200] if lines else type(error).__name__})") from None
 
 
 def _host() -> str:
@@ -394,16 +380,16 @@ def export_run(model_dir: str, export_dir: str, checkpoint: Optional[str] = None
     is written then.
     """
     _check_export_dir(export_dir)
-    run = _restore(model_dir, checkpoint)
+    run = run_dir.restore_networks(model_dir, checkpoint)
     if flags_text is None:
-        flags_path = os.path.join(model_dir, training.FLAGS_FILE)
+        flags_path = os.path.join(model_dir, run_dir.FLAGS_FILE)
         if tf.io.gfile.exists(flags_path):
             with tf.io.gfile.GFile(flags_path) as f:
                 flags_text = f.read()
     return export_networks(run, export_dir, overwrite=overwrite, flags_text=flags_text)
 
 
-def export_networks(run: training.RestoredRun, export_dir: str, overwrite: bool = False,
+def export_networks(run: run_dir.RestoredRun, export_dir: str, overwrite: bool = False,
                     flags_text: Optional[str] = None) -> str:
     """Exports restored networks to `export_dir/<run.step>/`, atomically; returns it.
 

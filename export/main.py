@@ -9,12 +9,9 @@ replaced with --overwrite.
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
-from gali_tf import networks, tuples
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 from export import exporter
 from trainers import cli
 
@@ -26,21 +23,15 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing EXPORT_DIR/<step>.")
 
 FLAGS = flags.FLAGS
 
-INPUT_ERRORS = (ConfigError, networks.ArchitectureError, tuples.TupleError)
-
-
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
-    try:
-        if not FLAGS.model_dir:
-            raise ConfigError("--model_dir is required: the run directory to export")
-        if not FLAGS.export_dir:
-            raise ConfigError("--export_dir is required: where to write <step>/")
-        version = exporter.export_run(FLAGS.model_dir, FLAGS.export_dir,
-                                      checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite)
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    if not FLAGS.model_dir:
+        raise ConfigError("--model_dir is required: the run directory to export")
+    if not FLAGS.export_dir:
+        raise ConfigError("--export_dir is required: where to write <step>/")
+    version = exporter.export_run(FLAGS.model_dir, FLAGS.export_dir,
+                                  checkpoint=FLAGS.checkpoint, overwrite=FLAGS.overwrite)
     print(f"exported {FLAGS.model_dir} to {version}")
     print(f"  encoder (TF Hub module): {version}/{exporter.ENCODER_DIR}")
     print(f"  generator (SavedModel):  {version}/{exporter.GENERATOR_DIR}")

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from gali_tf import data as data_lib
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 
 MULTI_LABEL = {"celeb_a"}
 VALUE_RANGE = (-1.0, 1.0)

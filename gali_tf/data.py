@@ -20,6 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from gali_tf.errors import InputError
+
 DATASETS = ("digits", "fashion_mnist", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
 SPLITS = ("train", "test")
 # What the train split may be made of, per dataset (default: its "train" only).
@@ -98,7 +100,7 @@ class DataConfig:
     skip_bad_images: bool = False
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """One-line, user-facing input error naming the flag/path and what was expected."""
 
 

@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 
 INCEPTION_PREFIX = "inception_v3:"
 INCEPTION_DEFAULT_SIZE = 299

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from gali_tf import masks, networks, objectives, tuples
+from gali_tf.errors import ConfigError
 
 NOISE_SCHEDULES = ("linear", "exponential", "constant")
 # Keras dtype policies for --mixed_precision ("float32" = full precision).
@@ -62,10 +63,6 @@ class ModelConfig:
 
 
 D_FORWARDS = ("fresh", "shared")
-
-
-class ConfigError(ValueError):
-    """An inconsistent combination of options (one line, naming the flag)."""
 
 
 def check_model_config(config: ModelConfig,

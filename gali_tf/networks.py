@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from gali_tf.errors import InputError
+
 ARCHITECTURES = ("svhn32", "celeba64", "small", "mlp")
 SLOT_KINDS = ("image", "latent", "feature")
 
@@ -58,7 +60,7 @@ class NetworkConfig:
     label_classes: int = 0
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InputError):
     """A network configuration that cannot be built; the message is one line naming a flag."""
 
 

@@ -9,7 +9,8 @@ that are whole, and the history of the flags it was trained with.
 
 Readers (training's resume, evaluation, export) never trust a checkpoint's name alone:
 `latest_complete_checkpoint` reads every tensor of the candidate and falls back, with a
-warning line, to the previous one when a file is missing, truncated or corrupt.
+warning line, to the previous one when a file is missing, truncated or corrupt. They
+read run.json as a typed `RunRecord` and restore networks with `restore_networks`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
+import functools
 import glob
 import json
 import os
@@ -24,14 +26,16 @@ import re
 import socket
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.python.checkpoint import checkpoint_management
 
-from gali_tf.model import ConfigError
+from gali_tf import networks, tuples
+from gali_tf.errors import ConfigError
+from gali_tf.model import discriminator_outputs
 
 RUN_RECORD = "run.json"
 FLAGS_FILE = "flags.txt"
@@ -254,20 +258,205 @@ def storage_failure(error: BaseException) -> Optional[str]:
 
 # ------------------------------------------------------------------------ run record
 
-def read_run_record(model_dir: str) -> Optional[dict]:
-    """RUN/run.json as a dict (None when absent); a damaged one is a one-line error."""
+# Fields of the run record that decide the variables' shapes and meaning: a
+# checkpoint written under other values cannot be resumed.
+ARCHITECTURE_FIELDS = ("arch", "example_shape", "latent_dim", "width", "mlp_hidden",
+                       "stochastic_encoder", "feature_dim", "tuples", "condition_dim",
+                       "condition_embedding", "label_classes", "num_labeled", "labeled_seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """RUN/run.json, typed: what a run is (its networks, tuple set and data), enough to
+    rebuild E, G and D for export and evaluation.
+
+    Records written before a field existed get the value such runs had, once, in
+    `from_json` (the field defaults below: today's defaults, which older runs trained
+    with); every reader uses this class, never the JSON.
+    """
+
+    network: networks.NetworkConfig
+    tuples: str
+    dataset: str
+    generator_loss: str = "product_of_terms"
+    mask_fill: float = -1.0
+    feature_model: str = ""
+    feature_output: str = ""
+    feature_signature: str = "serving_default"
+    feature_image_size: int = 0
+    # Conditional ALI: network.condition_dim > 0 is what rebuilds E(x, y), G(z, y), D.
+    conditional: bool = False
+    # Semi-supervised ALI: D's network.label_classes and the labelled subset.
+    num_labeled: int = 0
+    labeled_seed: int = 0
+    # Where the data was, absolute, so evaluation finds it from any working directory.
+    data_dir: Optional[str] = None
+    image_dir: Optional[str] = None
+    # The training flags that decide what the run computes, by flag name (compared on
+    # resume); empty in records written before they were kept.
+    training: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    # How the last session executed the step (gali_tf.execution), when measured.
+    execution: Optional[Mapping[str, object]] = None
+
+    @functools.cached_property
+    def tuple_set(self) -> tuples.TupleSet:
+        return tuples.parse_tuple_set(self.tuples)
+
+    @property
+    def example_shape(self) -> Tuple[int, ...]:
+        return self.network.example_shape
+
+    @property
+    def latent_dim(self) -> int:
+        return self.network.latent_dim
+
+    @property
+    def condition_dim(self) -> int:
+        """Width of y for a conditional run (E(x, y), G(z, y)); 0 otherwise."""
+        return self.network.condition_dim
+
+    @property
+    def is_image(self) -> bool:
+        return self.dataset != "toy25"
+
+    def architecture(self) -> dict:
+        """The ARCHITECTURE_FIELDS' values: two runs that differ here cannot share a
+        checkpoint."""
+        values = {**dataclasses.asdict(self.network), **dataclasses.asdict(self)}
+        values["example_shape"] = list(self.network.example_shape)
+        return {name: values[name] for name in ARCHITECTURE_FIELDS}
+
+    def to_json(self) -> dict:
+        """The layout of run.json (the network's fields at the top level)."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "network"}
+        if values["execution"] is None:
+            del values["execution"]
+        return {**dataclasses.asdict(self.network),
+                "example_shape": list(self.network.example_shape), **values}
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, object]) -> "RunRecord":
+        network_fields = {f.name for f in dataclasses.fields(networks.NetworkConfig)}
+        network = networks.NetworkConfig(**{
+            **{k: v for k, v in values.items() if k in network_fields},
+            "example_shape": tuple(int(s) for s in values["example_shape"])})
+        own = {f.name for f in dataclasses.fields(cls)} - {"network"}
+        known = {k: v for k, v in values.items() if k in own and v is not None}
+        return cls(network=network, **{**known, "data_dir": values.get("data_dir"),
+                                       "image_dir": values.get("image_dir")})
+
+
+def read_run_record(model_dir: str) -> Optional[RunRecord]:
+    """RUN/run.json (None when absent); a damaged one is a one-line error."""
     path = os.path.join(model_dir, RUN_RECORD)
     if not tf.io.gfile.exists(path):
         return None
     try:
         with tf.io.gfile.GFile(path) as f:
-            record = json.load(f)
+            values = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} is not valid JSON ({str(error)[:80]}); restore it from a "
                           "backup or use a new --model_dir") from None
-    if not isinstance(record, dict) or "example_shape" not in record:
+    if not isinstance(values, dict) or "example_shape" not in values:
         raise ConfigError(f"{path} is not a run record of trainers.main (no example_shape)")
+    try:
+        return RunRecord.from_json(values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path} is not a run record of this version of trainers.main "
+                          f"({_first_line(error)})") from None
+
+
+def require_run_record(model_dir: str) -> RunRecord:
+    """read_run_record, refusing a directory without one."""
+    record = read_run_record(model_dir)
+    if record is None:
+        raise ConfigError(f"--model_dir={model_dir}: no {RUN_RECORD} (expected a run "
+                          "directory written by trainers.main)")
     return record
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+# ------------------------------------------------------------------------ restore
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+    """E and G of a run, restored from one checkpoint (for export and evaluation)."""
+
+    encoder: networks.Encoder
+    generator: networks.Generator
+    record: RunRecord
+    checkpoint: str
+    step: int
+    # Only with restore_networks(..., with_discriminator=True).
+    discriminator: Optional[networks.Discriminator] = None
+
+    @property
+    def condition_dim(self) -> int:
+        return self.record.condition_dim
+
+    @property
+    def conditional(self) -> bool:
+        return self.condition_dim > 0
+
+
+def checkpoint_to_restore(model_dir: str, checkpoint: Optional[str] = None) -> str:
+    """`checkpoint`, or the run's newest complete one; refuses (one line) a missing,
+    damaged or diverged (NaN/Inf weights) checkpoint rather than restoring it."""
+    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+    if checkpoint:
+        if not tf.io.gfile.exists(checkpoint + ".index"):
+            raise ConfigError(f"--checkpoint={checkpoint}: no such checkpoint (expected a "
+                              "prefix like RUN/checkpoints/ckpt-1000)")
+        path, flag = checkpoint, f"--checkpoint={checkpoint}"
+    else:
+        path = latest_complete_checkpoint(checkpoint_dir)
+        if not path:
+            raise ConfigError(f"--model_dir={model_dir}: no checkpoint in {checkpoint_dir} "
+                              "that can be restored")
+        flag = f"--model_dir={model_dir}"
+    problem = checkpoint_problem(path)
+    if problem:
+        earlier = "" if checkpoint else "; pass --checkpoint=<an earlier one> to use that"
+        raise ConfigError(f"{flag}: checkpoint {os.path.basename(path)} cannot be used: "
+                          f"{problem}{earlier}")
+    return path
+
+
+def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
+                     with_discriminator: bool = False) -> RestoredRun:
+    """Rebuilds E and G (and D if asked) from RUN/run.json and restores them from a
+    checkpoint.
+
+    `checkpoint` is a path prefix such as RUN/checkpoints/ckpt-450; None means the
+    newest complete one. The optimizers are not built. A checkpoint whose variables do
+    not fit the record's networks is a one-line ConfigError.
+    """
+    record = require_run_record(model_dir)
+    network_config = dataclasses.replace(record.network, synchronized_bn=False)
+    path = checkpoint_to_restore(model_dir, checkpoint)
+    encoder = networks.build_encoder(network_config)
+    generator = networks.build_generator(network_config)
+    parts = {"encoder": encoder, "generator": generator}
+    if with_discriminator:
+        parts["discriminator"] = networks.build_discriminator(
+            network_config, record.tuple_set.slot_kinds,
+            discriminator_outputs(record.tuple_set, network_config.label_classes))
+    try:
+        status = tf.train.Checkpoint(**parts).restore(path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as error:
+        # A shape mismatch is raised by restore() itself, with the useful line last.
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
+                          f"not match the networks in {RUN_RECORD} "
+                          f"({lines[-1][:200] if lines else type(error).__name__})") from None
+    step = checkpoint_step(path) or 0
+    return RestoredRun(encoder, generator, record, path, step, parts.get("discriminator"))
 
 
 def write_text_atomically(path: str, text: str) -> None:

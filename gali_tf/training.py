@@ -28,28 +28,14 @@ from gali_tf import features as features_lib
 from gali_tf import execution as execution_lib
 from gali_tf import networks, run_dir, tuples
 from gali_tf.evaluation import inpainting, reconstruction
-from gali_tf.model import (ConfigError, GALIModel, ModelConfig, check_model_config,
-                           discriminator_outputs)
+from gali_tf.errors import ConfigError
+from gali_tf.model import GALIModel, ModelConfig, check_model_config
 from gali_tf import visualize
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 # Exit status of a trainer that saved a checkpoint at SIGTERM and stopped early
 # (TensorFlow's restart code on Borg; job schedulers can restart on it).
 PREEMPTED_EXIT_CODE = 42
-RUN_RECORD = run_dir.RUN_RECORD
-FLAGS_FILE = run_dir.FLAGS_FILE
-CHECKPOINT_DIR = run_dir.CHECKPOINT_DIR
-
-# Fields of the run record that decide the variables' shapes and meaning: a
-# checkpoint written under other values cannot be resumed.
-ARCHITECTURE_FIELDS = ("arch", "example_shape", "latent_dim", "width", "mlp_hidden",
-                       "stochastic_encoder", "feature_dim", "tuples", "condition_dim",
-                       "condition_embedding", "label_classes", "num_labeled", "labeled_seed")
-# Values of fields that runs recorded before the field existed.
-_RECORD_DEFAULTS = {"condition_dim": 0, "condition_embedding": 64, "label_classes": 0,
-                    "num_labeled": 0, "labeled_seed": 0, "conditional": False}
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; field names equal the trainer's flags."""
@@ -125,33 +111,20 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-latest_complete_checkpoint = run_dir.latest_complete_checkpoint
-
-
-def run_record(config: TrainConfig, network_config: networks.NetworkConfig) -> dict:
+def run_record(config: TrainConfig, network_config: networks.NetworkConfig
+               ) -> run_dir.RunRecord:
     """What run.json stores: enough to rebuild the networks (export, evaluation)."""
-    return {
-        **dataclasses.asdict(network_config),
-        "example_shape": list(network_config.example_shape),
-        "tuples": config.model.tuples,
-        "dataset": config.data.dataset,
-        "generator_loss": config.model.generator_loss,
-        "mask_fill": config.model.mask_fill,
-        "feature_model": config.model.feature_model,
-        "feature_output": config.model.feature_output,
-        "feature_signature": config.model.feature_signature,
-        "feature_image_size": config.model.feature_image_size,
-        # Conditional ALI: condition_dim > 0 (above) is what rebuilds E(x, y), G(z, y), D.
-        "conditional": config.model.conditional,
-        # Semi-supervised ALI: D's label_classes (above) and the labelled subset.
-        "num_labeled": config.model.num_labeled,
-        "labeled_seed": config.model.labeled_seed,
-        # Where the data was, absolute, so evaluation finds it from any working directory.
-        "data_dir": _absolute(config.data.data_dir),
-        "image_dir": _absolute(config.data.image_dir),
-        # What the run computes, compared on resume (check_resumable).
-        "training": training_settings(config),
-    }
+    return run_dir.RunRecord(
+        network=network_config, tuples=config.model.tuples, dataset=config.data.dataset,
+        generator_loss=config.model.generator_loss, mask_fill=config.model.mask_fill,
+        feature_model=config.model.feature_model,
+        feature_output=config.model.feature_output,
+        feature_signature=config.model.feature_signature,
+        feature_image_size=config.model.feature_image_size,
+        conditional=config.model.conditional, num_labeled=config.model.num_labeled,
+        labeled_seed=config.model.labeled_seed,
+        data_dir=_absolute(config.data.data_dir), image_dir=_absolute(config.data.image_dir),
+        training=training_settings(config))
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
@@ -183,112 +156,21 @@ def training_settings(config: TrainConfig) -> dict:
     return settings
 
 
-load_run_record = run_dir.read_run_record
-
-
-def network_config_from_record(record: dict) -> networks.NetworkConfig:
-    fields = {f.name for f in dataclasses.fields(networks.NetworkConfig)}
-    values = {k: v for k, v in {**_RECORD_DEFAULTS, **record}.items() if k in fields}
-    values["example_shape"] = tuple(values["example_shape"])
-    return networks.NetworkConfig(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class RestoredRun:
-    """E and G of a run, restored from one checkpoint (for export and evaluation)."""
-
-    encoder: networks.Encoder
-    generator: networks.Generator
-    record: dict
-    checkpoint: str
-    step: int
-    # Only with restore_networks(..., with_discriminator=True).
-    discriminator: Optional[networks.Discriminator] = None
-
-    @property
-    def condition_dim(self) -> int:
-        """Width of y for a conditional run (E(x, y), G(z, y)); 0 otherwise."""
-        return int(self.record.get("condition_dim", 0))
-
-    @property
-    def conditional(self) -> bool:
-        return self.condition_dim > 0
-
-
-def checkpoint_to_restore(model_dir: str, checkpoint: Optional[str] = None) -> str:
-    """`checkpoint`, or the run's newest complete one; refuses (one line) a missing,
-    damaged or diverged (NaN/Inf weights) checkpoint rather than restoring it."""
-    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
-    if checkpoint:
-        if not tf.io.gfile.exists(checkpoint + ".index"):
-            raise ConfigError(f"--checkpoint={checkpoint}: no such checkpoint (expected a "
-                              "prefix like RUN/checkpoints/ckpt-1000)")
-        path, flag = checkpoint, f"--checkpoint={checkpoint}"
-    else:
-        path = run_dir.latest_complete_checkpoint(checkpoint_dir)
-        if not path:
-            raise ConfigError(f"--model_dir={model_dir}: no checkpoint in {checkpoint_dir} "
-                              "that can be restored")
-        flag = f"--model_dir={model_dir}"
-    problem = run_dir.checkpoint_problem(path)
-    if problem:
-        earlier = "" if checkpoint else "; pass --checkpoint=<an earlier one> to use that"
-        raise ConfigError(f"{flag}: checkpoint {os.path.basename(path)} cannot be used: "
-                          f"{problem}{earlier}")
-    return path
-
-
-def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
-                     with_discriminator: bool = False) -> RestoredRun:
-    """Rebuilds E and G (and D if asked) from `model_dir/run.json` and restores them
-    from a checkpoint.
-
-    `checkpoint` is a path prefix such as RUN/checkpoints/ckpt-450; None means the
-    latest. The optimizers are not built.
-    """
-    record = load_run_record(model_dir)
-    if record is None:
-        raise ConfigError(f"--model_dir={model_dir}: no {RUN_RECORD} (expected a run "
-                          "directory written by trainers.main)")
-    network_config = dataclasses.replace(network_config_from_record(record),
-                                         synchronized_bn=False)
-    path = checkpoint_to_restore(model_dir, checkpoint)
-    encoder = networks.build_encoder(network_config)
-    generator = networks.build_generator(network_config)
-    parts = {"encoder": encoder, "generator": generator}
-    if with_discriminator:
-        tuple_set = tuples.parse_tuple_set(record["tuples"])
-        parts["discriminator"] = networks.build_discriminator(
-            network_config, tuple_set.slot_kinds,
-            discriminator_outputs(tuple_set, network_config.label_classes))
-    try:
-        status = tf.train.Checkpoint(**parts).restore(path)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (ValueError, AssertionError) as error:
-        first_line = str(error).strip().splitlines()[0][:200]
-        raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
-                          f"not match the networks in {RUN_RECORD} ({first_line})") from None
-    step = run_dir.checkpoint_step(path) or 0
-    return RestoredRun(encoder, generator, record, path, step, parts.get("discriminator"))
-
-
-def check_resumable(model_dir: str, record: dict, allow_flag_changes: bool = False) -> dict:
+def check_resumable(model_dir: str, record: run_dir.RunRecord,
+                    allow_flag_changes: bool = False) -> dict:
     """Refuses a model_dir whose run used another architecture or tuple set, or (unless
     `allow_flag_changes`) other training flags; returns the changed training flags as
     {name: (previous, now)}."""
-    previous = load_run_record(model_dir)
+    previous = run_dir.read_run_record(model_dir)
     if previous is None:
         return {}
-    def value(rec, k):
-        return rec.get(k, _RECORD_DEFAULTS.get(k))
-    diffs = [f"{k}={value(previous, k)!r} (now {value(record, k)!r})"
-             for k in ARCHITECTURE_FIELDS if value(previous, k) != value(record, k)]
+    was, now = previous.architecture(), record.architecture()
+    diffs = [f"{k}={was[k]!r} (now {now[k]!r})" for k in was if was[k] != now[k]]
     if diffs:
         raise ConfigError(f"--model_dir={model_dir} holds a run with other settings: "
                           f"{', '.join(diffs)}; use a new --model_dir")
     # Records written before the training settings were kept are not compared.
-    changes = run_dir.changed_settings(previous.get("training", {}), record["training"])
+    changes = run_dir.changed_settings(dict(previous.training), dict(record.training))
     if changes and not allow_flag_changes:
         listed = ", ".join(f"--{k}={old!r} (now {new!r})" for k, (old, new) in changes.items())
         raise ConfigError(f"--model_dir={model_dir} was trained with other flags: {listed}; "
@@ -395,7 +277,8 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
     record = run_record(config, network_config)
     changes = check_resumable(config.model_dir, record, config.allow_flag_changes)
-    previous_execution = (load_run_record(config.model_dir) or {}).get("execution")
+    previous = run_dir.read_run_record(config.model_dir)
+    previous_execution = previous.execution if previous else None
     chief = is_chief(strategy)
     # Multi-worker runs lock on the chief: the other workers write to temp directories.
     with (_locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
@@ -412,7 +295,7 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
             will_train=start_step < model.total_steps)
         if config.verbose:
             print(f"{config.model_dir}: {execution.summary()}")
-        record = {**record, "execution": execution.as_record()}
+        record = dataclasses.replace(record, execution=execution.as_record())
         # Only now, with inputs checked and the checkpoint restored, write to model_dir.
         write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="gali_worker_")
         try:
@@ -424,7 +307,7 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
             reason = run_dir.storage_failure(error)
             if reason is None:
                 raise
-            run_dir.remove_failed_saves(os.path.join(write_dir, CHECKPOINT_DIR))
+            run_dir.remove_failed_saves(os.path.join(write_dir, run_dir.CHECKPOINT_DIR))
             raise ConfigError(f"--model_dir={config.model_dir}: cannot write ({reason}); "
                               "free space or fix the permissions, then run the same command "
                               "again to resume from the last checkpoint") from None
@@ -469,7 +352,7 @@ def _resume(config: TrainConfig, model, checkpoint: tf.train.Checkpoint, chief: 
     with a warning; the chief then rewrites the state file without them, so the
     checkpoint manager neither counts them when rotating nor skips saving their step.
     """
-    checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
+    checkpoint_dir = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     search = run_dir.find_checkpoint(checkpoint_dir, skip_nonfinite=True)
     if search.path is None and search.recorded:
         raise ConfigError(f"--model_dir={config.model_dir}: none of the checkpoints in "
@@ -512,16 +395,16 @@ def _train_dataset(config: TrainConfig, info: data_lib.DatasetInfo,
         seed=train_seed, group=config.model.n_dis)
 
 
-def _write_run_files(config: TrainConfig, write_dir: str, record: dict,
+def _write_run_files(config: TrainConfig, write_dir: str, record: run_dir.RunRecord,
                      flags_text: Optional[str], start_step: int, changes: dict) -> None:
     """run.json and flags.txt describe the run as it now trains; flags_history.jsonl
     keeps every session's start step and changed flags, so neither overwrite loses
     what the run was trained with before."""
     tf.io.gfile.makedirs(write_dir)
-    run_dir.write_text_atomically(os.path.join(write_dir, RUN_RECORD),
-                                  json.dumps(record, indent=2))
+    run_dir.write_text_atomically(os.path.join(write_dir, run_dir.RUN_RECORD),
+                                  json.dumps(record.to_json(), indent=2))
     if flags_text is not None:
-        run_dir.write_text_atomically(os.path.join(write_dir, FLAGS_FILE), flags_text)
+        run_dir.write_text_atomically(os.path.join(write_dir, run_dir.FLAGS_FILE), flags_text)
     run_dir.append_flags_history(write_dir, {
         "start_step": start_step,
         "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
@@ -545,7 +428,8 @@ def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
 def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start_step,
                       write_dir, chief, feature_model, jit_compile) -> TrainResult:
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(write_dir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints)
+        checkpoint, os.path.join(write_dir, run_dir.CHECKPOINT_DIR),
+        max_to_keep=config.keep_checkpoints)
 
     model.compile(optimizer=None, jit_compile=jit_compile,
                   steps_per_execution=config.steps_per_execution)

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Tuple
 
 import tensorflow as tf
+
+from gali_tf.errors import InputError
 
 IMAGE, LATENT, FEATURE = "image", "latent", "feature"
 
@@ -91,7 +93,7 @@ TUPLE_SETS: Dict[str, str] = {
 }
 
 
-class TupleError(ValueError):
+class TupleError(InputError):
     """A tuple set or node name that cannot be parsed or type-checked."""
 
 

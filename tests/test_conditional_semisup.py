@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gali_tf import data, networks, objectives, training
+from gali_tf import data, networks, objectives, run_dir, training
 from gali_tf.evaluation import suite
-from gali_tf.model import ConfigError, GALIModel, ModelConfig, StepNoise, check_model_config
+from gali_tf.errors import ConfigError
+from gali_tf.model import GALIModel, ModelConfig, StepNoise, check_model_config
 from export import exporter
 from trainers import downstream, generate
 
@@ -222,10 +223,10 @@ def semi_run(tmp_path_factory):
 def test_run_records_the_conditioning_and_restore_rebuilds_it(conditional_run, semi_run):
     record = json.load(open(os.path.join(conditional_run, "run.json")))
     assert record["conditional"] and record["condition_dim"] == 10
-    restored = training.restore_networks(conditional_run, with_discriminator=True)
+    restored = run_dir.restore_networks(conditional_run, with_discriminator=True)
     assert restored.conditional and restored.discriminator.condition is not None
-    semi = training.restore_networks(semi_run, with_discriminator=True)
-    assert semi.record["label_classes"] == 10 and semi.record["num_labeled"] == 20
+    semi = run_dir.restore_networks(semi_run, with_discriminator=True)
+    assert semi.record.network.label_classes == 10 and semi.record.num_labeled == 20
     assert semi.discriminator.num_classes == 11
     # Resuming with another conditioning is refused before anything is written.
     with pytest.raises(ConfigError, match="condition_dim"):
@@ -234,7 +235,7 @@ def test_run_records_the_conditioning_and_restore_rebuilds_it(conditional_run, s
 
 def test_export_of_a_conditional_run_takes_y_in_every_signature(conditional_run, tmp_path):
     version = exporter.export_run(conditional_run, str(tmp_path / "export"))
-    run = training.restore_networks(conditional_run)
+    run = run_dir.restore_networks(conditional_run)
     meta = json.load(open(os.path.join(version, exporter.METADATA_FILE)))
     assert meta["condition"] == {"dim": 10, "columns": [f"class {k}" for k in range(10)]}
     encoder = tf.saved_model.load(os.path.join(version, exporter.ENCODER_DIR))

@@ -14,7 +14,8 @@ import pytest
 
 from export import exporter
 from gali_tf import data, networks, training
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.errors import ConfigError
+from gali_tf.model import ModelConfig
 from trainers import downstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

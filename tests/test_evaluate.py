@@ -12,7 +12,8 @@ from gali_tf import classifier, data, networks, training
 from gali_tf.evaluation import suite
 from gali_tf.evaluation.svm import SVMConfig
 from gali_tf.features import FeatureConfig
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.errors import ConfigError
+from gali_tf.model import ModelConfig
 from trainers import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,9 @@ import tensorflow as tf
 
 from export import exporter
 from gali_tf import data, networks, training
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.run_dir import RestoredRun, restore_networks
+from gali_tf.errors import ConfigError
+from gali_tf.model import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -42,7 +44,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def restored(run_dir):
-    return training.restore_networks(run_dir)
+    return restore_networks(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +305,7 @@ def _with_nan_weights(run_dir, tmp_path):
     """A copy of the run with one more checkpoint, ckpt-5, whose E holds a NaN."""
     copy = tmp_path / "diverged"
     shutil.copytree(run_dir, copy)
-    run = training.restore_networks(str(copy))
+    run = restore_networks(str(copy))
     kernel = next(v for v in run.encoder.variables if len(v.shape) > 1)
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
     prefix = str(copy / "checkpoints" / "ckpt-5")
@@ -315,7 +317,7 @@ def test_non_finite_weights_are_refused_naming_the_checkpoint(run_dir, tmp_path)
     copy, prefix, run, kernel = _with_nan_weights(run_dir, tmp_path)
     export_dir = tmp_path / "hub"
     with pytest.raises(ConfigError) as info:
-        exporter.export_networks(training.RestoredRun(
+        exporter.export_networks(RestoredRun(
             run.encoder, run.generator, run.record, prefix, 5), str(export_dir))
     assert str(info.value) == (
         f"--checkpoint={prefix}: non-finite weights (NaN or Inf in 1 variables of E and G, "

@@ -163,7 +163,7 @@ def test_truncated_newest_checkpoint_is_skipped_in_training_evaluation_and_expor
         tmp_path, capsys, trainer_flags, trained_run):
     run = _copy_of(trained_run, tmp_path)
     _truncate_data(run, 4)
-    restored = training.restore_networks(str(run))
+    restored = run_dir.restore_networks(str(run))
     assert restored.step == 2
     assert "checkpoint" in capsys.readouterr().err
     code, _, err = _main(trainer_flags, capsys, [f"--model_dir={run}", "--steps=6"])
@@ -224,7 +224,7 @@ def test_resume_with_a_relative_model_dir_from_another_working_directory(
 
 def test_export_and_evaluation_refuse_a_diverged_checkpoint(tmp_path, trained_run):
     run = _copy_of(trained_run, tmp_path)
-    restored = training.restore_networks(str(run))
+    restored = run_dir.restore_networks(str(run))
     variable = restored.encoder.trainable_variables[0]
     variable.assign(tf.fill(variable.shape, float("nan")))
     manager = tf.train.CheckpointManager(
@@ -233,7 +233,7 @@ def test_export_and_evaluation_refuse_a_diverged_checkpoint(tmp_path, trained_ru
     manager.save(checkpoint_number=5)
     with pytest.raises(training.ConfigError, match=r"ckpt-5 cannot be used: it holds "
                        r"non-finite weights \(1 tensors"):
-        training.restore_networks(str(run))
+        run_dir.restore_networks(str(run))
 
 
 @pytest.mark.parametrize("module, args, expected", [

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from gali_tf import classifier, data, features, networks, training
+from gali_tf import classifier, data, features, networks, run_dir, training
 from gali_tf.evaluation import reconstruction
-from gali_tf.model import ConfigError, GALIModel, ModelConfig, StepNoise, check_model_config
+from gali_tf.errors import ConfigError
+from gali_tf.model import GALIModel, ModelConfig, StepNoise, check_model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -123,12 +124,12 @@ def test_train_with_m_reports_feature_mse_and_records_m(tmp_path, classifier_exp
         batch_size=50, steps=1, verbose=0, jit_compile=False, image_every=0)
     result = training.train(config)
     assert result.step == 1 and result.test_feature_mse is not None
-    record = training.load_run_record(str(tmp_path))
-    assert record["feature_dim"] == 8 and record["feature_model"] == classifier_export
+    record = run_dir.read_run_record(str(tmp_path))
+    assert record.network.feature_dim == 8 and record.feature_model == classifier_export
     # M is not in the run's checkpoint; E and G restore without it.
     names = [n for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(tmp_path / "checkpoints"))]
     assert not any("features" in n or "classifier" in n for n in names)
-    assert training.restore_networks(str(tmp_path)).step == 1
+    assert run_dir.restore_networks(str(tmp_path)).step == 1
 
 
 # ------------------------------------------------------------------------- bad input
@@ -250,8 +251,8 @@ def test_celeba_pt_flagfile_starts_with_mock_celeba_and_inception(tmp_path, caps
     assert f"{model_dir}: step 1" in out and "test feature MSE" in out
     flags_text = (model_dir / "flags.txt").read_text()
     assert "--tuples=gali_pt" in flags_text and "--learning_rate=4e-05" in flags_text
-    record = training.load_run_record(str(model_dir))
-    assert record["feature_dim"] == 2048 and record["arch"] == "celeba64"
+    record = run_dir.read_run_record(str(model_dir))
+    assert record.network.feature_dim == 2048 and record.network.arch == "celeba64"
 
 
 def test_m_only_for_feature_mse_leaves_the_architecture_alone(classifier_export):

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from gali_tf import data, masks, networks, training
 from gali_tf.evaluation import inpainting
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.errors import ConfigError
+from gali_tf.model import ModelConfig
 from trainers import inpaint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +175,7 @@ def test_unwritable_out_is_refused_before_restoring_the_run(run_dir, tmp_path, m
 
     def restore(*args, **kwargs):
         raise AssertionError("the run was restored before --out was checked")
-    monkeypatch.setattr(inpaint.training, "restore_networks", restore)
+    monkeypatch.setattr(inpaint.run_dir, "restore_networks", restore)
     with pytest.raises(ConfigError) as info:
         inpaint.inpaint_run(inpaint.InpaintOptions(model_dir=str(run_dir), out=str(out),
                                                    dataset="digits"))

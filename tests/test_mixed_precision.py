@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from gali_tf import data, networks, training
-from gali_tf.model import ConfigError, GALIModel, ModelConfig, check_model_config
+from gali_tf.errors import ConfigError
+from gali_tf.model import GALIModel, ModelConfig, check_model_config
 
 
 def _model(policy):

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from gali_tf import networks
-from gali_tf.model import (ConfigError, GALIModel, ModelConfig, StepNoise, check_model_config,
+from gali_tf.errors import ConfigError
+from gali_tf.model import (GALIModel, ModelConfig, StepNoise, check_model_config,
                            instance_noise_std)
 
 BATCH = 4

@@ -15,7 +15,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from gali_tf import training
+from gali_tf import run_dir, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 400
@@ -31,7 +31,7 @@ def _start(model_dir, log):
 
 
 def _latest_step(model_dir):
-    path = training.latest_complete_checkpoint(os.path.join(model_dir, "checkpoints"))
+    path = run_dir.latest_complete_checkpoint(os.path.join(model_dir, "checkpoints"))
     return int(path.rsplit("-", 1)[-1]) if path else 0
 
 
@@ -97,9 +97,9 @@ def test_latest_complete_checkpoint_skips_recorded_checkpoints_without_files(tmp
     manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3)
     for step in (1, 2, 3):
         manager.save(checkpoint_number=step)
-    assert training.latest_complete_checkpoint(str(tmp_path)).endswith("ckpt-3")
+    assert run_dir.latest_complete_checkpoint(str(tmp_path)).endswith("ckpt-3")
     os.remove(tmp_path / "ckpt-3.index")
     # tf.train.latest_checkpoint gives up (a resume would start over); we fall back.
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
-    assert training.latest_complete_checkpoint(str(tmp_path)).endswith("ckpt-2")
-    assert training.latest_complete_checkpoint(str(tmp_path / "none")) is None
+    assert run_dir.latest_complete_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    assert run_dir.latest_complete_checkpoint(str(tmp_path / "none")) is None

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from gali_tf import data, networks, training
-from gali_tf.model import ConfigError, ModelConfig
+from gali_tf.errors import ConfigError
+from gali_tf.model import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50",

@@ -12,12 +12,9 @@ The export (SavedModel + metadata.json) loads as M with
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
 from gali_tf import classifier, data
-from gali_tf.model import ConfigError
 from trainers import cli
 
 flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist", "svhn_cropped", "celeb_a"],
@@ -39,6 +36,7 @@ flags.DEFINE_integer("verbose", 2, "Keras progress output.")
 FLAGS = flags.FLAGS
 
 
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     short = {"svhn_cropped": "svhn", "celeb_a": "celeba",
@@ -50,11 +48,7 @@ def main(argv):
         export_dir=export_dir, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, width=FLAGS.width, feature_dim=FLAGS.feature_dim,
         seed=FLAGS.seed, verbose=FLAGS.verbose)
-    try:
-        result = classifier.train_classifier(config)
-    except (ConfigError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    result = classifier.train_classifier(config)
     print(f"test {result.metadata['accuracy_kind']}: {result.test_accuracy:.4f}")
     print(f"exported to {result.export_dir} (--feature_model={result.export_dir} "
           "--feature_output=features)")

@@ -7,12 +7,14 @@ input with one `error: ...` line and exit status 2 instead.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Callable, List
 
 from absl import app, flags
 
 from gali_tf import data, run_dir
+from gali_tf.errors import InputError
 
 USAGE_ERROR_EXIT_CODE = 2
 
@@ -35,13 +37,17 @@ def parse_flags(argv: List[str]) -> List[str]:
     return remaining
 
 
-def run(main: Callable[[List[str]], None]) -> None:
-    """app.run(main) with one-line errors for bad flags, for a file system that refuses
-    a write (a full disk, a read-only or forbidden path) and for a folder image that
-    fails to decode in the middle of a run."""
+def user_errors(main: Callable[[List[str]], None]) -> Callable[[List[str]], None]:
+    """Decorates a tool's main: every user error of the library (gali_tf.errors.
+    InputError), a file system that refuses a write (a full disk, a read-only or
+    forbidden path) and a folder image that fails to decode in the middle of a run
+    become one `error:` line and exit status 2; anything else keeps its traceback."""
+    @functools.wraps(main)
     def guarded(argv):
         try:
             return main(argv)
+        except InputError as error:
+            fail(str(error))
         except Exception as error:  # pylint: disable=broad-except
             unreadable = data.unreadable_image_error(error)
             if unreadable is not None:
@@ -50,4 +56,9 @@ def run(main: Callable[[List[str]], None]) -> None:
             if reason is None:
                 raise
             fail(f"cannot write ({reason}); free space or choose a writable path")
-    app.run(guarded, flags_parser=parse_flags)
+    return guarded
+
+
+def run(main: Callable[[List[str]], None]) -> None:
+    """app.run(main) with one-line errors for bad flags; `main` is @user_errors."""
+    app.run(main, flags_parser=parse_flags)

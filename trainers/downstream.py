@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 from absl import flags
@@ -22,7 +21,7 @@ import tensorflow as tf
 
 from export import exporter
 from gali_tf import data, run_dir
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
@@ -190,6 +189,7 @@ def run_downstream(config: DownstreamConfig) -> DownstreamResult:
     return DownstreamResult(float(accuracy), description)
 
 
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     config = DownstreamConfig(
@@ -197,11 +197,7 @@ def main(argv):
         fine_tune=FLAGS.fine_tune, raw_pixels=FLAGS.raw_pixels, epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, seed=FLAGS.seed,
         verbose=FLAGS.verbose)
-    try:
-        result = run_downstream(config)
-    except (ConfigError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    result = run_downstream(config)
     print(f"test accuracy: {result.test_accuracy:.4f} ({result.description})")
 
 

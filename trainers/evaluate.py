@@ -14,14 +14,12 @@ metric that applies to the run (fid only with a network: --fid_model or a featur
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
-from gali_tf import data, features, networks, tuples
+from gali_tf import features
 from gali_tf.evaluation import suite
 from gali_tf.evaluation.svm import SVMConfig
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
@@ -76,22 +74,16 @@ def config_from_flags() -> suite.EvalConfig:
         mode_samples=FLAGS.mode_samples, num_pictures=FLAGS.num_pictures, seed=FLAGS.seed)
 
 
-INPUT_ERRORS = (ConfigError, data.DataError, networks.ArchitectureError, tuples.TupleError)
-
-
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
-    try:
-        if not FLAGS.model_dir:
-            raise ConfigError("--model_dir is required (a run directory of trainers.main)")
-        for name in ("fid_samples", "svm_draws", "svm_per_class", "svm_validation",
-                     "mode_samples", "num_pictures"):
-            if getattr(FLAGS, name) < 1:
-                raise ConfigError(f"--{name}={getattr(FLAGS, name)}: expected at least 1")
-        report = suite.evaluate_run(FLAGS.model_dir, config_from_flags(), FLAGS.checkpoint)
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    if not FLAGS.model_dir:
+        raise ConfigError("--model_dir is required (a run directory of trainers.main)")
+    for name in ("fid_samples", "svm_draws", "svm_per_class", "svm_validation",
+                 "mode_samples", "num_pictures"):
+        if getattr(FLAGS, name) < 1:
+            raise ConfigError(f"--{name}={getattr(FLAGS, name)}: expected at least 1")
+    report = suite.evaluate_run(FLAGS.model_dir, config_from_flags(), FLAGS.checkpoint)
     json_path, markdown_path = suite.write_report(report)
     with open(markdown_path) as f:
         print(f.read())

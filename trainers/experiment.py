@@ -37,6 +37,8 @@ from typing import List, Optional, Tuple
 
 from absl import flags
 
+from gali_tf.errors import InputError
+
 from gali_tf.evaluation import suite, tables
 from trainers import cli
 
@@ -68,7 +70,7 @@ def define_flags():
                       "files in --results without training or evaluating.")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(InputError):
     """A bad flag or a failed run (one line)."""
 
 
@@ -309,34 +311,31 @@ def command_line() -> str:
     return "python -m trainers.experiment " + shlex.join((_ARGV or sys.argv)[1:])
 
 
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     started = time.time()
-    try:
-        if not FLAGS.out and not (FLAGS.report_only and FLAGS.results):
-            raise ExperimentError("--out is required (the experiment's directory)")
-        if FLAGS.seeds < 1:
-            raise ExperimentError(f"--seeds={FLAGS.seeds}: expected at least 1")
-        variants = parse_variants(FLAGS.variants)
-        eval_steps(FLAGS.steps, FLAGS.eval_points)
-        if not FLAGS.report_only:
-            eval_args = ([f"--metrics={','.join(FLAGS.metrics)}"] if FLAGS.metrics else [])
-            eval_args += list(FLAGS.eval_flags)
-            if FLAGS.classifier:
-                eval_args += ensure_classifier(FLAGS.out)
-            for name, flagfile in variants:
-                for seed in range(FLAGS.seeds):
-                    train_and_evaluate(name, flagfile, seed, eval_args)
-        runs, left_out = tables.select_runs(
-            tables.read_run_results(_results_dir(), [name for name, _ in variants]),
-            seeds=range(FLAGS.seeds), final_step=FLAGS.steps)
-        if not runs:
-            budget = f" at --steps={FLAGS.steps}" if FLAGS.steps else ""
-            raise tables.ResultsError(f"{_results_dir()}: no run of seeds 0-{FLAGS.seeds - 1}"
-                                      f"{budget} (left out: {'; '.join(left_out)})")
-    except (ExperimentError, tables.ResultsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    if not FLAGS.out and not (FLAGS.report_only and FLAGS.results):
+        raise ExperimentError("--out is required (the experiment's directory)")
+    if FLAGS.seeds < 1:
+        raise ExperimentError(f"--seeds={FLAGS.seeds}: expected at least 1")
+    variants = parse_variants(FLAGS.variants)
+    eval_steps(FLAGS.steps, FLAGS.eval_points)
+    if not FLAGS.report_only:
+        eval_args = ([f"--metrics={','.join(FLAGS.metrics)}"] if FLAGS.metrics else [])
+        eval_args += list(FLAGS.eval_flags)
+        if FLAGS.classifier:
+            eval_args += ensure_classifier(FLAGS.out)
+        for name, flagfile in variants:
+            for seed in range(FLAGS.seeds):
+                train_and_evaluate(name, flagfile, seed, eval_args)
+    runs, left_out = tables.select_runs(
+        tables.read_run_results(_results_dir(), [name for name, _ in variants]),
+        seeds=range(FLAGS.seeds), final_step=FLAGS.steps)
+    if not runs:
+        budget = f" at --steps={FLAGS.steps}" if FLAGS.steps else ""
+        raise tables.ResultsError(f"{_results_dir()}: no run of seeds 0-{FLAGS.seeds - 1}"
+                                  f"{budget} (left out: {'; '.join(left_out)})")
     minutes = (time.time() - started) / 60
     text = tables.experiment_report(runs, title=FLAGS.title or os.path.basename(
         _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes,
@@ -364,8 +363,7 @@ def run():
     rest = [a for a in argv[1:] if not a.startswith("--config=")]
     sys.argv = [argv[0], *[f"--flagfile={c.split('=', 1)[1]}" for c in configs], *rest]
     if configs and not os.path.isfile(configs[-1].split("=", 1)[1]):
-        print(f"error: {configs[-1]}: no such experiment file", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(f"{configs[-1]}: no such experiment file")
     cli.run(main)
 
 

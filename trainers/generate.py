@@ -21,15 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from gali_tf import data, features, training, visualize
-from gali_tf.model import ConfigError
+from gali_tf import data, features, run_dir, visualize
+from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
@@ -136,18 +135,18 @@ def generate_run(opts: GenerateOptions) -> GenerateResult:
         raise ConfigError("--out is required (a directory for grid.png)")
     if opts.columns < 1 or opts.eval_samples < 1:
         raise ConfigError("--columns and --eval_samples must be >= 1")
-    run = training.restore_networks(opts.model_dir, opts.checkpoint)
+    run = run_dir.restore_networks(opts.model_dir, opts.checkpoint)
     if not run.conditional:
         raise ConfigError(f"--model_dir={opts.model_dir}: not a conditional run (train it with "
                           "--conditional)")
-    dataset, condition_dim = run.record["dataset"], run.condition_dim
+    dataset, condition_dim = run.record.dataset, run.condition_dim
     names, rows, asked = condition_rows(opts, dataset, condition_dim)
     classifier = None
     if opts.classifier:
         classifier = features.load_feature_model(features.FeatureConfig(
             opts.classifier, "logits", flag_prefix="classifier"))
 
-    latent_dim = int(run.record["latent_dim"])
+    latent_dim = run.record.latent_dim
 
     @tf.function
     def generate(z, y):
@@ -192,15 +191,12 @@ def generate_run(opts: GenerateOptions) -> GenerateResult:
     return GenerateResult(grid_path, tuple(int(s) for s in grid.shape[1:]), names, accuracy)
 
 
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     options = GenerateOptions(**{f.name: getattr(FLAGS, f.name)
                                  for f in dataclasses.fields(GenerateOptions)})
-    try:
-        generate_run(options)
-    except (ConfigError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    generate_run(options)
 
 
 def run():

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tempfile
 from typing import Optional
 
 from absl import flags
 import tensorflow as tf
 
-from gali_tf import data, masks, training, visualize
+from gali_tf import data, masks, run_dir, visualize
 from gali_tf.evaluation import inpainting
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
@@ -154,11 +153,11 @@ def inpaint_run(opts: InpaintOptions):
     if opts.num_images < 1 or opts.batch_size < 1:
         raise ConfigError("--num_images and --batch_size must be >= 1")
     box = parse_mask(opts.mask)
-    run = training.restore_networks(opts.model_dir, opts.checkpoint)
-    height, width, channels = shape = tuple(run.record["example_shape"])
+    run = run_dir.restore_networks(opts.model_dir, opts.checkpoint)
+    height, width, channels = shape = run.record.example_shape
     if box is not None:
         check_box(box, opts.mask, height, width)
-    fill = opts.mask_fill if opts.mask_fill is not None else run.record.get("mask_fill", -1.0)
+    fill = opts.mask_fill if opts.mask_fill is not None else run.record.mask_fill
 
     if opts.images is not None:
         images, names = load_images(opts.images, shape)
@@ -198,15 +197,12 @@ def inpaint_run(opts: InpaintOptions):
     return result
 
 
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     options = InpaintOptions(**{f.name: getattr(FLAGS, f.name)
                                 for f in dataclasses.fields(InpaintOptions)})
-    try:
-        inpaint_run(options)
-    except (ConfigError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    inpaint_run(options)
 
 
 def run():

@@ -14,7 +14,8 @@ import sys
 from absl import flags
 
 from gali_tf import data, networks, objectives, tuples
-from gali_tf.model import D_FORWARDS, PRECISION_POLICIES, ConfigError, ModelConfig
+from gali_tf.errors import ConfigError
+from gali_tf.model import D_FORWARDS, PRECISION_POLICIES, ModelConfig
 from gali_tf import training
 from trainers import cli
 
@@ -169,17 +170,11 @@ def flags_as_flagfile(model_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-INPUT_ERRORS = (ConfigError, data.DataError, networks.ArchitectureError, tuples.TupleError)
-
-
+@cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
-    try:
-        config = config_from_flags()
-        result = training.train(config, flags_text=flags_as_flagfile(config.model_dir))
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    config = config_from_flags()
+    result = training.train(config, flags_text=flags_as_flagfile(config.model_dir))
     if result.preempted:
         # Checkpoint saved at SIGTERM: a distinct status, so a scheduler can restart us.
         sys.exit(training.PREEMPTED_EXIT_CODE)

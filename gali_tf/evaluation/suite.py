@@ -34,10 +34,10 @@ import tensorflow as tf
 
 from gali_tf import data as data_lib
 from gali_tf import features as features_lib
-from gali_tf import objectives, training, tuples
+from gali_tf import objectives, run_dir, tuples
 from gali_tf.evaluation import fid as fid_lib
 from gali_tf.evaluation import inpainting, modes, pictures, reconstruction, svm
-from gali_tf.model import ConfigError
+from gali_tf.errors import ConfigError
 from gali_tf.visualize import write_png
 
 METRICS = ("reconstruction", "svm", "fid", "inpainting", "modes", "pictures", "d_classifier")
@@ -83,20 +83,19 @@ class EvalReport:
         return dataclasses.asdict(self)
 
 
-def _uses_masks(tuple_spec: str) -> bool:
-    nodes = tuples.parse_tuple_set(tuple_spec).required_nodes()
-    return any(node.family == "mask" for node in nodes)
+def _uses_masks(tuple_set: tuples.TupleSet) -> bool:
+    return any(node.family == "mask" for node in tuple_set.required_nodes())
 
 
 def _has_m(config: features_lib.FeatureConfig) -> bool:
     return bool(config.feature_model)
 
 
-def applicable_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig) -> Dict[str, str]:
+def applicable_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo, config: EvalConfig) -> Dict[str, str]:
     """Metric -> "" when it applies to the run, else why not (one line)."""
     toy = not info.is_image
     fid_network = config.fid if _has_m(config.fid) else config.feature
-    if int(record.get("condition_dim", 0)):
+    if record.condition_dim:
         conditional = "a conditional run's E and G take the label y (use trainers.generate)"
         return {"reconstruction": "", "pictures": "", "svm": conditional, "fid": conditional,
                 "inpainting": conditional, "d_classifier": _semi_supervised_reason(record),
@@ -106,23 +105,23 @@ def applicable_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalCon
         "svm": ("" if info.num_classes and not toy
                 else f"--dataset={info.name} has no class labels for the SVM protocol"),
         "fid": ("toy data are 2-d points (use modes)" if toy else
-                "" if _has_m(fid_network) or record.get("feature_model") else
+                "" if _has_m(fid_network) or record.feature_model else
                 "no FID network: give --fid_model (inception_v3:WEIGHTS.h5 or a "
                 "trainers.classifier export)"),
-        "inpainting": ("" if _uses_masks(record["tuples"]) and not toy else
-                       f"--tuples={record['tuples']} has no masked encoder inputs"),
+        "inpainting": ("" if _uses_masks(record.tuple_set) and not toy else
+                       f"--tuples={record.tuples} has no masked encoder inputs"),
         "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25",
         "pictures": "",
         "d_classifier": _semi_supervised_reason(record),
     }
 
 
-def _semi_supervised_reason(record: dict) -> str:
-    return ("" if int(record.get("label_classes", 0)) else
+def _semi_supervised_reason(record: run_dir.RunRecord) -> str:
+    return ("" if record.network.label_classes else
             "only semi-supervised runs (--num_labeled) have a D that predicts labels")
 
 
-def resolve_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig) -> Tuple[str, ...]:
+def resolve_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo, config: EvalConfig) -> Tuple[str, ...]:
     """The metrics to run: the requested ones (each must apply), or all that apply."""
     reasons = applicable_metrics(record, info, config)
     unknown = [m for m in config.metrics if m not in METRICS]
@@ -135,31 +134,29 @@ def resolve_metrics(record: dict, info: data_lib.DatasetInfo, config: EvalConfig
     return tuple(config.metrics) or tuple(m for m in METRICS if not reasons[m])
 
 
-def _data_config(record: dict, config: EvalConfig) -> data_lib.DataConfig:
-    shape = record["example_shape"]
-    image = record["dataset"] != "toy25"
+def _data_config(record: run_dir.RunRecord, config: EvalConfig) -> data_lib.DataConfig:
+    shape, image = record.example_shape, record.is_image
     # The run's own data locations (recorded absolute) unless given again.
     return data_lib.DataConfig(
-        dataset=record["dataset"], data_dir=config.data_dir or record.get("data_dir"),
-        image_dir=config.image_dir or record.get("image_dir"),
-        image_size=int(shape[0]) if image else None, channels=int(shape[2]) if image else None)
+        dataset=record.dataset, data_dir=config.data_dir or record.data_dir,
+        image_dir=config.image_dir or record.image_dir,
+        image_size=shape[0] if image else None, channels=shape[2] if image else None)
 
 
-def _feature_model(config: features_lib.FeatureConfig, record: dict):
+def _feature_model(config: features_lib.FeatureConfig, record: run_dir.RunRecord):
     """The configured M, else the run's own (GALI-PT runs record theirs), else None."""
-    if not _has_m(config) and record.get("feature_model"):
+    if not _has_m(config) and record.feature_model:
         config = features_lib.FeatureConfig(
-            record["feature_model"], record.get("feature_output", ""),
-            record.get("feature_signature", "serving_default"),
-            int(record.get("feature_image_size", 0)))
+            record.feature_model, record.feature_output, record.feature_signature,
+            record.feature_image_size)
     return features_lib.load_feature_model(config)
 
 
-def _classifier_logits(config: features_lib.FeatureConfig, record: dict,
+def _classifier_logits(config: features_lib.FeatureConfig, record: run_dir.RunRecord,
                        info: data_lib.DatasetInfo):
     """The logits of the feature model when it is a classifier of this dataset's classes
     (the project classifier's "logits" output), else None: what class agreement needs."""
-    path = config.feature_model or record.get("feature_model", "")
+    path = config.feature_model or record.feature_model
     if (not path or path.startswith(features_lib.INCEPTION_PREFIX) or not info.num_classes
             or data_lib.is_multi_label(info)):
         return None
@@ -195,10 +192,9 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     """Computes the metrics of one checkpoint (default: the latest) of a run."""
     started = time.time()
     # Semi-supervised runs: D too, for d_classifier.
-    semi_supervised = bool(int((training.load_run_record(model_dir) or {}).get(
-        "label_classes", 0)))
-    restored = training.restore_networks(model_dir, checkpoint,
-                                         with_discriminator=semi_supervised)
+    semi_supervised = bool(run_dir.require_run_record(model_dir).network.label_classes)
+    restored = run_dir.restore_networks(model_dir, checkpoint,
+                                        with_discriminator=semi_supervised)
     record, encoder, generator = restored.record, restored.encoder, restored.generator
     conditional = restored.conditional
     data_config = _data_config(record, config)
@@ -206,8 +202,8 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     metrics = resolve_metrics(record, info, config)
     if config.batch_size < 1:
         raise ConfigError(f"--batch_size={config.batch_size}: expected at least 1")
-    report = EvalReport(model_dir, restored.checkpoint, restored.step, record["dataset"],
-                        record["tuples"], config.split)
+    report = EvalReport(model_dir, restored.checkpoint, restored.step, record.dataset,
+                        record.tuples, config.split)
 
     encode = tf.function(lambda x: encoder(x, training=False)[0])
     generate = tf.function(lambda z, condition=None: generator(z, training=False,
@@ -277,7 +273,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
         clock.start("fid")
         real = split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
         result = fid_lib.fid(
-            fid_model, _generated_batches(generate, int(record["latent_dim"]),
+            fid_model, _generated_batches(generate, record.latent_dim,
                                           config.fid_samples, config.batch_size, config.seed),
             real, fid_model.description)
         report.metrics["fid"] = {
@@ -290,7 +286,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
 
     if "inpainting" in metrics:
         clock.start("inpainting")
-        result = inpainting.evaluate(reconstruct, split_images(), float(record["mask_fill"]),
+        result = inpainting.evaluate(reconstruct, split_images(), record.mask_fill,
                                      seed=config.seed, feature_fn=feature_model)
         report.metrics["inpaint_pixel_mse"] = _mse_entry(
             result.pixel_mse, "hole pixel MSE of the composite, images in [0, 1]")
@@ -302,7 +298,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     if "modes" in metrics or ("pictures" in metrics and not info.is_image):
         clock.start("modes" if "modes" in metrics else "pictures")
         samples = np.concatenate(list(_generated_batches(
-            generate, int(record["latent_dim"]), config.mode_samples, 1000, config.seed)))
+            generate, record.latent_dim, config.mode_samples, 1000, config.seed)))
     if "modes" in metrics:
         coverage = modes.mode_coverage(samples, data_lib.TOY25_MEANS, data_lib.TOY25_STD)
         report.metrics["modes_covered"] = {
@@ -317,7 +313,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
         clock.start("pictures")
         count = config.num_pictures
         test_images, labels = next(iter(split_images().unbatch().batch(count)))
-        z = tf.random.stateless_normal([int(labels.shape[0]), int(record["latent_dim"])],
+        z = tf.random.stateless_normal([int(labels.shape[0]), record.latent_dim],
                                        [config.seed, 7])
         half = max(int(labels.shape[0]) // 2, 1)
         report.pictures = {
@@ -332,7 +328,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
         if info.is_image:
             count = config.num_pictures
             test_images = _first_images(split_images(), 2 * max(count // 8, 1) + count // 2)
-            z = tf.random.stateless_normal([count, int(record["latent_dim"])], [config.seed, 7])
+            z = tf.random.stateless_normal([count, record.latent_dim], [config.seed, 7])
             rows = max(1, min(8, int(test_images.shape[0]) // 2))
             report.pictures = {
                 "samples": pictures.samples_grid(generate, z),
@@ -395,13 +391,13 @@ def _add_reconstruction_context(report, config, record, info, data_config, encod
                     f"{snr.latent_dim} units above 1"}
 
 
-def d_classifier_error(restored: training.RestoredRun, dataset: tf.data.Dataset) -> dict:
+def d_classifier_error(restored: run_dir.RestoredRun, dataset: tf.data.Dataset) -> dict:
     """Test misclassification of a semi-supervised D (ALI 4.3): argmax of D's K label
     logits on the data tuple of each test image, built with z = mu(E(x)), D in
     inference mode and without instance noise."""
     record = restored.record
-    tuple_set = tuples.parse_tuple_set(record["tuples"])
-    num_labels = int(record["label_classes"])
+    tuple_set = record.tuple_set
+    num_labels = record.network.label_classes
     data_class = tuples.TupleSet("data", (tuple_set.classes[0],))
     operators = {
         "E": lambda ev, node: restored.encoder(ev.value(node.arg), training=False)[0],
@@ -409,7 +405,7 @@ def d_classifier_error(restored: training.RestoredRun, dataset: tf.data.Dataset)
     }
     if not data_class.operator_families() <= set(operators):
         raise ConfigError(f"--metrics=d_classifier: the data tuple of --tuples="
-                          f"{record['tuples']!r} needs operators other than E and G")
+                          f"{record.tuples!r} needs operators other than E and G")
 
     @tf.function
     def predict(x):
@@ -425,7 +421,7 @@ def d_classifier_error(restored: training.RestoredRun, dataset: tf.data.Dataset)
         total += int(labels.shape[0])
     return {"mean": wrong / max(total, 1), "n": total,
             "what": f"test misclassification of semi-supervised D's {num_labels}-way "
-                    f"prediction on (x, mu(E(x))), {record.get('num_labeled')} labels (ALI 4.3)"}
+                    f"prediction on (x, mu(E(x))), {record.num_labeled} labels (ALI 4.3)"}
 
 
 class _Clock:

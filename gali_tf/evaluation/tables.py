@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gali_tf.errors import InputError
+
 # Column order and headings; the arrow says which way is better.
 COLUMNS = (
     ("pixel_mse", "pixel MSE ↓"),
@@ -92,7 +94,7 @@ def table_json(reports_by_variant: Dict[str, Sequence[dict]]) -> dict:
 METRICS_DIR = "metrics"
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError):
     """A results folder that cannot make a table (one line)."""
 
 

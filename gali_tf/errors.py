@@ -1,0 +1,18 @@
+"""The one family of user errors.
+
+Every mistake a user can make at the command line or in a config (a bad flag value, a
+missing or damaged file, a run directory that does not fit the command) raises a
+subclass of `InputError` whose message is one line naming the flag or file and what was
+expected. The command-line tools catch `InputError` alone (`trainers.cli.run`) and print
+it as `error: ...` with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A user-facing input error; the message is one line naming the flag or file."""
+
+
+class ConfigError(InputError):
+    """An inconsistent combination of options, or a run directory that does not fit them."""
