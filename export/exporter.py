@@ -39,12 +39,11 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from gali_tf import data, run_dir
+from gali_tf import data, files, run_dir, visualize
 from gali_tf.errors import ConfigError
 
 ENCODER_DIR = "encoder"
 GENERATOR_DIR = "generator"
-METADATA_FILE = "metadata.json"
 VALUE_RANGE = (-1.0, 1.0)
 FORMAT = "gali_tf-export-1"
 # Keys a reader of metadata.json relies on (older exports may lack newer ones).
@@ -73,18 +72,6 @@ def _checked(images, shape):
     """Signature callers (TF Serving, C++) can bypass the input spec's shape check, and a
     wrong channel count would fail deep inside a conv: fail on the input, naming shapes."""
     return tf.ensure_shape(images, shape, name="check_input_shape")
-
-
-def _to_uint8(images):
-    """[-1, 1] float images -> uint8 [0, 255], rounded."""
-    return tf.cast(tf.round(tf.clip_by_value((images + 1.0) * 127.5, 0.0, 255.0)), tf.uint8)
-
-
-def _from_uint8(images, height: int, width: int):
-    """uint8 images of any size -> float32 [-1, 1] at height x width (bilinear), as
-    gali_tf.data prepares training images."""
-    images = tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear")
-    return tf.clip_by_value(images / 127.5 - 1.0, -1.0, 1.0)
 
 
 def _encoder_outputs(encoder, images, z_noise=None, condition=None):
@@ -138,7 +125,7 @@ class EncoderModule(tf.train.Checkpoint):
 
             def encode_uint8(images, y=None):
                 images = _checked(images, (None, None, None, channels))
-                return self._outputs(_from_uint8(images, height, width), y)
+                return self._outputs(data.images_from_uint8(images, height, width), y)
 
             self.encode_uint8 = tf.function(encode_uint8, input_signature=[
                 tf.TensorSpec((None, None, None, channels), tf.uint8, name="images")] + y_specs)
@@ -177,7 +164,7 @@ class GeneratorModule(tf.train.Checkpoint):
         def outputs(images):
             out = {"images": images}
             if is_image:
-                out["images_uint8"] = _to_uint8(images)
+                out["images_uint8"] = visualize.to_uint8(images)
             return out
 
         def generate(z, y=None):
@@ -278,7 +265,7 @@ def _write_version(run: run_dir.RestoredRun, directory: str, flags_text: Optiona
                                        run.record.latent_dim, run.condition_dim)
     tf.saved_model.save(generator_module, os.path.join(directory, GENERATOR_DIR),
                         signatures=generator_module.signatures())
-    write_metadata(os.path.join(directory, METADATA_FILE), metadata(run, flags_text))
+    write_metadata(os.path.join(directory, files.METADATA_FILE), metadata(run, flags_text))
 
 
 def _check_export_dir(export_dir: str) -> None:
@@ -411,19 +398,11 @@ def export_networks(run: run_dir.RestoredRun, export_dir: str, overwrite: bool =
     old = os.path.join(export_dir, f".old-{run.step}-{owner}")
     try:
         _write_version(run, tmp, flags_text)
-        if tf.io.gfile.exists(final):
-            # Move the old version aside first: a rename onto a non-empty directory fails,
-            # and at every moment `final` is either the old or the new complete export.
-            tf.io.gfile.rename(final, old)
-        tf.io.gfile.rename(tmp, final)
+        files.swap_in_directory(tmp, final, old)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
-        if tf.io.gfile.exists(old) and not tf.io.gfile.exists(final):
-            tf.io.gfile.rename(old, final)
         if created_export_dir and not tf.io.gfile.listdir(export_dir):
             tf.io.gfile.rmtree(export_dir)
         raise
-    if tf.io.gfile.exists(old):
-        tf.io.gfile.rmtree(old)
     return final

@@ -15,11 +15,14 @@ from gali_tf.errors import ConfigError
 from export import exporter
 from trainers import cli
 
-flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
-flags.DEFINE_string("export_dir", None, "Directory of versioned exports: writes EXPORT_DIR/<step>/.")
-flags.DEFINE_string("checkpoint", None,
-                    "Checkpoint prefix such as RUN/checkpoints/ckpt-450 (default: the latest).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing EXPORT_DIR/<step>.")
+@cli.define_once
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
+    flags.DEFINE_string("export_dir", None, "Directory of versioned exports: writes EXPORT_DIR/<step>/.")
+    flags.DEFINE_string("checkpoint", None,
+                        "Checkpoint prefix such as RUN/checkpoints/ckpt-450 (default: the latest).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing EXPORT_DIR/<step>.")
+
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +42,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (gali-export)."""
+    define_flags()
     cli.run(main)
 
 

@@ -19,17 +19,18 @@ import dataclasses
 import json
 import os
 import uuid
-from typing import Optional
 
 import keras
 import tensorflow as tf
 
 from gali_tf import data as data_lib
+from gali_tf import files
 from gali_tf.errors import ConfigError
 
+# The labelled datasets a classifier can be trained on (celeb_a: 40 binary attributes).
+DATASETS = ("digits", "fashion_mnist", "svhn_cropped", "celeb_a")
 MULTI_LABEL = {"celeb_a"}
 VALUE_RANGE = (-1.0, 1.0)
-METADATA_FILE = "metadata.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ClassifierConfig:
     feature_dim: int = 128
     dropout: float = 0.3
     seed: int = 0
-    verbose: int = 1
+    verbose: int = 2                 # Keras' fit output: one line per epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +153,6 @@ def export_classifier(classifier, feature_net, image_shape, export_dir: str,
     module = ClassifierModule(classifier, feature_net, image_shape)
     tf.saved_model.save(module, tmp, signatures={
         "serving_default": module.serving_default.get_concrete_function()})
-    with tf.io.gfile.GFile(os.path.join(tmp, METADATA_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(tmp, files.METADATA_FILE), "w") as f:
         f.write(json.dumps(metadata, indent=2))
-    old: Optional[str] = None
-    if tf.io.gfile.exists(export_dir):
-        old = tmp + ".old"
-        tf.io.gfile.rename(export_dir, old)
-    tf.io.gfile.rename(tmp, export_dir)
-    if old:
-        tf.io.gfile.rmtree(old)
+    files.swap_in_directory(tmp, export_dir, tmp + ".old")

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gali_tf.errors import InputError
+from gali_tf.errors import InputError, first_line
 
 DATASETS = ("digits", "fashion_mnist", "svhn_cropped", "cifar10", "celeb_a", "folder", "toy25")
 SPLITS = ("train", "test")
@@ -164,13 +164,6 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     return tf.image.grayscale_to_rgb(image)
 
 
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear resize of a float (H, W, C) image to (size, size, C), skipped if equal."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return tf.image.resize(image, (size, size), method="bilinear")
-
-
 def _central_square_crop(image: tf.Tensor, crop: int | None = None) -> tf.Tensor:
     """Central crop to (crop, crop); crop=None uses min(height, width)."""
     shape = tf.shape(image)
@@ -181,13 +174,23 @@ def _central_square_crop(image: tf.Tensor, crop: int | None = None) -> tf.Tensor
     )
 
 
+def images_from_uint8(images: tf.Tensor, height: int, width: int,
+                      channels: Optional[int] = None) -> tf.Tensor:
+    """uint8 images ([H, W, C] or [N, H, W, C], any size) -> float32 [-1, 1] at
+    height x width (bilinear, without antialiasing) and `channels` (None: as given):
+    the one conversion of pixels into the model's range, for training data, exported
+    signatures and user images alike."""
+    images = tf.cast(images, tf.float32)
+    if channels is not None:
+        images = _to_channels(images, channels)
+    if images.shape[-3] != height or images.shape[-2] != width:
+        images = tf.image.resize(images, (height, width), method="bilinear")
+    return tf.clip_by_value(images / 127.5 - 1.0, -1.0, 1.0)
+
+
 def _finish_uint8_image(image: tf.Tensor, shape: tuple[int, int, int]) -> tf.Tensor:
     """uint8 (H, W, C) -> float32 `shape` in [-1, 1]."""
-    size, _, channels = shape
-    image = _to_channels(tf.cast(image, tf.float32), channels)
-    image = _resize(image, size)
-    image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
-    return tf.ensure_shape(image, shape)
+    return tf.ensure_shape(images_from_uint8(image, *shape), shape)
 
 
 # ------------------------------------------------------------------------- pipeline
@@ -526,7 +529,7 @@ def _decode_problem(path: str) -> Optional[str]:
         return None  # whole but huge: PIL's guard against bombs, not a damaged file
     except Exception as error:  # pylint: disable=broad-except
         # PIL raises OSError, SyntaxError, ValueError... depending on where the damage is.
-        reason = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
+        reason = first_line(error, 100) if str(error).strip() else ""
         return f"truncated or corrupt: {reason or type(error).__name__}"
     return None
 

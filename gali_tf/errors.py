@@ -16,3 +16,19 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """An inconsistent combination of options, or a run directory that does not fit them."""
+
+
+def _lines(error: BaseException) -> list:
+    return [line.strip() for line in str(error).splitlines() if line.strip()] or [
+        type(error).__name__]
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message (TensorFlow's run to pages),
+    for quoting inside a one-line error."""
+    return _lines(error)[0][:limit]
+
+
+def last_line(error: BaseException, limit: int = 200) -> str:
+    """The last non-blank line (where Checkpoint.restore puts the mismatching shape)."""
+    return _lines(error)[-1][:limit]

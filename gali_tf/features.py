@@ -37,12 +37,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from gali_tf.errors import ConfigError
+from gali_tf import files
+from gali_tf.errors import ConfigError, first_line
 
 INCEPTION_PREFIX = "inception_v3:"
 INCEPTION_DEFAULT_SIZE = 299
 INCEPTION_MIN_SIZE = 75
-METADATA_FILE = "metadata.json"
 
 
 class FeatureModelError(ConfigError):
@@ -151,7 +151,7 @@ def _load_inception(path: str, config: FeatureConfig) -> FeatureModel:
         model = keras.applications.InceptionV3(
             include_top=False, pooling="avg", weights=path, input_shape=(size, size, 3))
     except (ValueError, OSError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise FeatureModelError(f"{flag}: not InceptionV3 notop weights ({first})") from None
     model.trainable = False
     return FeatureModel(lambda x: model(x, training=False), (size, size, 3), (-1.0, 1.0),
@@ -165,7 +165,7 @@ def _is_saved_model(path: str) -> bool:
 
 
 def _read_value_range(path: str, flag: str) -> Tuple[float, float]:
-    metadata_path = os.path.join(path, METADATA_FILE)
+    metadata_path = os.path.join(path, files.METADATA_FILE)
     if not tf.io.gfile.exists(metadata_path):
         return (-1.0, 1.0)
     try:
@@ -199,7 +199,7 @@ def _load_saved_model(path: str, config: FeatureConfig) -> FeatureModel:
     try:
         loaded = tf.saved_model.load(path)
     except (ValueError, OSError, tf.errors.OpError) as error:
-        first = str(error).strip().splitlines()[0][:200]
+        first = first_line(error)
         raise FeatureModelError(f"{flag}: cannot load the SavedModel ({first})") from None
     signatures = getattr(loaded, "signatures", {}) or {}
     name = config.feature_signature or "serving_default"
@@ -252,6 +252,6 @@ def _load_saved_model(path: str, config: FeatureConfig) -> FeatureModel:
                             input_dtype=input_spec.dtype,
                             description=f"{flag} ({name}:{output})", holder=loaded)
     except (ValueError, TypeError, tf.errors.OpError) as error:
-        first = str(error).strip().splitlines()[0][:200]
+        first = first_line(error)
         raise FeatureModelError(f"{flag}: calling signature {name} on a "
                                 f"{height}x{width}x{channels} batch failed ({first})") from None

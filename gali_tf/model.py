@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from typing import Dict, List
 
 import keras
@@ -504,7 +503,3 @@ class GALIModel(keras.Model):
 
     def prior_sample(self, n: int, seed: int = 0) -> tf.Tensor:
         return tf.random.stateless_normal([n, self.network_config.latent_dim], [seed, 0])
-
-
-def epochs_for(total_steps: int, steps_per_epoch: int) -> int:
-    return max(1, math.ceil(total_steps / steps_per_epoch))

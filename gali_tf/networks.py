@@ -38,7 +38,7 @@ class NetworkConfig:
     example_shape: tuple[int, ...] = (16, 16, 1)
     latent_dim: int = 64
     # Base width of the "small" conv set; every layer of it scales with this.
-    width: int = 32
+    width: int = 16
     # Hidden width of the "mlp" architecture.
     mlp_hidden: int = 400
     # LeakyReLU negative slope everywhere (official: 0.01 SVHN, 0.02 CelebA).
@@ -268,10 +268,6 @@ class Encoder(_CheckpointedSublayers, keras.Model):
         # their layer positions.
         self.condition_embedding = _condition_embedding(cfg)
 
-    @property
-    def conditional(self) -> bool:
-        return int(self.cfg.condition_dim) > 0
-
     def _forward(self, x, training, condition=None):
         hiddens = []
         h = x
@@ -369,10 +365,6 @@ class Generator(_CheckpointedSublayers, keras.Model):
         else:
             self.output_bias = None
         self.condition_embedding = _condition_embedding(cfg)
-
-    @property
-    def conditional(self) -> bool:
-        return int(self.cfg.condition_dim) > 0
 
     def call(self, z, training=False, condition=None):
         z = _with_condition(z, self.condition_embedding, condition)

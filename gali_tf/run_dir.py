@@ -15,6 +15,7 @@ read run.json as a typed `RunRecord` and restore networks with `restore_networks
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -33,8 +34,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.python.checkpoint import checkpoint_management
 
-from gali_tf import networks, tuples
-from gali_tf.errors import ConfigError
+from gali_tf import files, networks, tuples
+from gali_tf.errors import ConfigError, first_line, last_line
 from gali_tf.model import discriminator_outputs
 
 RUN_RECORD = "run.json"
@@ -148,9 +149,7 @@ def checkpoint_problem(path: str, allow_nonfinite: bool = False) -> Optional[str
     except Exception as error:  # pylint: disable=broad-except
         # Truncation surfaces as IndexError, OutOfRange or DataLoss depending on where
         # the cut falls; any failure to read it back makes it unusable alike.
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        reason = lines[0][:120] if lines else type(error).__name__
-        return f"its files are incomplete or unreadable ({reason})"
+        return f"its files are incomplete or unreadable ({first_line(error, 120)})"
     if nonfinite and not allow_nonfinite:
         return (f"it holds non-finite weights ({len(nonfinite)} tensors, e.g. "
                 f"{nonfinite[0]})")
@@ -363,7 +362,7 @@ def read_run_record(model_dir: str) -> Optional[RunRecord]:
         return RunRecord.from_json(values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path} is not a run record of this version of trainers.main "
-                          f"({_first_line(error)})") from None
+                          f"({first_line(error)})") from None
 
 
 def require_run_record(model_dir: str) -> RunRecord:
@@ -373,11 +372,6 @@ def require_run_record(model_dir: str) -> RunRecord:
         raise ConfigError(f"--model_dir={model_dir}: no {RUN_RECORD} (expected a run "
                           "directory written by trainers.main)")
     return record
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
 
 
 # ------------------------------------------------------------------------ restore
@@ -451,25 +445,11 @@ def restore_networks(model_dir: str, checkpoint: Optional[str] = None,
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as error:
         # A shape mismatch is raised by restore() itself, with the useful line last.
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
-                          f"not match the networks in {RUN_RECORD} "
-                          f"({lines[-1][:200] if lines else type(error).__name__})") from None
+                          f"not match the networks in {RUN_RECORD} ({last_line(error)})"
+                          ) from None
     step = checkpoint_step(path) or 0
     return RestoredRun(encoder, generator, record, path, step, parts.get("discriminator"))
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Writes a file via a temp file and a rename, never leaving half of it."""
-    tmp = path + ".tmp"
-    try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
 
 
 def append_flags_history(model_dir: str, entry: dict) -> None:
@@ -481,7 +461,7 @@ def append_flags_history(model_dir: str, entry: dict) -> None:
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             previous = f.read()
-    write_text_atomically(path, previous + json.dumps(entry, sort_keys=True) + "\n")
+    files.write_text_atomically(path, previous + json.dumps(entry, sort_keys=True) + "\n")
 
 
 def changed_settings(previous: dict, current: dict) -> dict:
@@ -545,3 +525,27 @@ class TrainerLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+@contextlib.contextmanager
+def locked_run_dir(model_dir: str):
+    """Creates `model_dir` if needed and holds its trainer lock; a directory this call
+    created is removed again if the session fails before writing anything to it."""
+    created = not tf.io.gfile.exists(model_dir)
+    try:
+        tf.io.gfile.makedirs(model_dir)
+    except (OSError, tf.errors.OpError) as error:
+        raise ConfigError(f"--model_dir={model_dir}: cannot create it "
+                          f"({first_line(error)})") from None
+    lock = TrainerLock(model_dir)
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise ConfigError(f"--model_dir={model_dir}: cannot write its lock file "
+                          f"({first_line(error)})") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+        if created and tf.io.gfile.listdir(model_dir) == [LOCK_FILE]:
+            tf.io.gfile.rmtree(model_dir)

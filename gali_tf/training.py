@@ -1,4 +1,5 @@
-"""The training engine: strategy, data, model, checkpoints, TensorBoard and fit.
+"""The training engine: strategy, data, model, resume and fit (its callbacks live in
+gali_tf.callbacks, the run directory's files in gali_tf.run_dir).
 
 `train(config)` is what `python -m trainers.main` runs. Re-running it on the same
 `model_dir` resumes from the last checkpoint; `steps`/`epochs` count the total.
@@ -15,22 +16,20 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
+from gali_tf import callbacks as callbacks_lib
 from gali_tf import data as data_lib
 from gali_tf import features as features_lib
 from gali_tf import execution as execution_lib
-from gali_tf import networks, run_dir, tuples
-from gali_tf.evaluation import inpainting, reconstruction
-from gali_tf.errors import ConfigError
+from gali_tf import files, networks, run_dir, tuples
+from gali_tf.evaluation import reconstruction
+from gali_tf.errors import ConfigError, first_line
 from gali_tf.model import GALIModel, ModelConfig, check_model_config
-from gali_tf import visualize
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 # Exit status of a trainer that saved a checkpoint at SIGTERM and stopped early
@@ -97,8 +96,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             tf.tpu.experimental.initialize_tpu_system(resolver)
             return tf.distribute.TPUStrategy(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise ConfigError(f"--strategy={name}: cannot be set up ({first_line})") from None
+        raise ConfigError(f"--strategy={name}: cannot be set up ({first_line(error)})"
+                          ) from None
     return tf.distribute.get_strategy()
 
 
@@ -190,9 +189,9 @@ def _restore(checkpoint: tf.train.Checkpoint, path: str, model_dir: str) -> None
     try:
         checkpoint.restore(path).assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as error:
-        first_line = str(error).strip().splitlines()[0][:200]
         raise ConfigError(f"--model_dir={model_dir}: checkpoint {os.path.basename(path)} does "
-                          f"not match this model's architecture ({first_line})") from None
+                          f"not match this model's architecture ({first_line(error)})"
+                          ) from None
 
 
 def feature_config(config: ModelConfig) -> features_lib.FeatureConfig:
@@ -281,7 +280,7 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     previous_execution = previous.execution if previous else None
     chief = is_chief(strategy)
     # Multi-worker runs lock on the chief: the other workers write to temp directories.
-    with (_locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
+    with (run_dir.locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
         start_step = _resume(config, model, checkpoint, chief)
         train_ds = _train_dataset(config, info, start_step)
         if start_step == 0:
@@ -314,35 +313,6 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
         finally:
             if not chief:
                 shutil.rmtree(write_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked_run_dir(model_dir: str):
-    """Creates `model_dir` if needed and holds its trainer lock; a directory this call
-    created is removed again if the session fails before writing anything to it."""
-    created = not tf.io.gfile.exists(model_dir)
-    try:
-        tf.io.gfile.makedirs(model_dir)
-    except (OSError, tf.errors.OpError) as error:
-        raise ConfigError(f"--model_dir={model_dir}: cannot create it "
-                          f"({_first_line(error)})") from None
-    lock = run_dir.TrainerLock(model_dir)
-    try:
-        lock.acquire()
-    except OSError as error:
-        raise ConfigError(f"--model_dir={model_dir}: cannot write its lock file "
-                          f"({_first_line(error)})") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
-        if created and tf.io.gfile.listdir(model_dir) == [run_dir.LOCK_FILE]:
-            tf.io.gfile.rmtree(model_dir)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def _resume(config: TrainConfig, model, checkpoint: tf.train.Checkpoint, chief: bool) -> int:
@@ -401,10 +371,10 @@ def _write_run_files(config: TrainConfig, write_dir: str, record: run_dir.RunRec
     keeps every session's start step and changed flags, so neither overwrite loses
     what the run was trained with before."""
     tf.io.gfile.makedirs(write_dir)
-    run_dir.write_text_atomically(os.path.join(write_dir, run_dir.RUN_RECORD),
+    files.write_text_atomically(os.path.join(write_dir, run_dir.RUN_RECORD),
                                   json.dumps(record.to_json(), indent=2))
     if flags_text is not None:
-        run_dir.write_text_atomically(os.path.join(write_dir, run_dir.FLAGS_FILE), flags_text)
+        files.write_text_atomically(os.path.join(write_dir, run_dir.FLAGS_FILE), flags_text)
     run_dir.append_flags_history(write_dir, {
         "start_step": start_step,
         "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
@@ -442,18 +412,19 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
                                                                    config.data))
         test_ds = make("test", min(config.batch_size, 100), shuffle=False, repeat=False,
                        drop_remainder=False)
-    saver = CheckpointEvery(manager, config.checkpoint_every)
-    preemption = SaveAtSigterm(saver, strategy)
+    saver = callbacks_lib.CheckpointEvery(manager, config.checkpoint_every)
+    preemption = callbacks_lib.SaveAtSigterm(saver, strategy)
     callbacks = [
         # First: a diverged step must stop the run before any callback saves or logs it.
-        StopOnDivergence(manager),
-        StopAtStep(model.total_steps),
-        ScalarSummaries(writer, config.log_every),
+        callbacks_lib.StopOnDivergence(manager),
+        callbacks_lib.StopAtStep(model.total_steps),
+        callbacks_lib.ScalarSummaries(writer, config.log_every),
         saver,
         preemption,
     ]
     if info.is_image and config.image_every > 0 and chief:
-        callbacks.append(ImageSummaries(writer, config.image_every, test_ds or train_ds))
+        callbacks.append(callbacks_lib.ImageSummaries(writer, config.image_every,
+                                                      test_ds or train_ds))
 
     history = {}
     if start_step < model.total_steps:
@@ -493,192 +464,3 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
                 tf.summary.scalar("test/feature_mse", feature_mse.mean)
     writer.flush()
     return TrainResult(step, history, mse, feature_mse, model=model)
-
-
-class TrainingDiverged(ConfigError):
-    """Losses or weights stopped being finite (typically too high a learning rate)."""
-
-    def __init__(self, step: int, what: str, manager: tf.train.CheckpointManager):
-        kept = (f"the newest finite checkpoint, {os.path.basename(manager.latest_checkpoint)}, "
-                "is kept; resume from it with a lower --learning_rate and "
-                "--allow_flag_changes, or use a new --model_dir"
-                if manager.latest_checkpoint else "no checkpoint was saved")
-        super().__init__(f"step {step}: training diverged ({what}); {kept}")
-
-
-def _nonfinite_logs(logs) -> dict:
-    values = {k: float(v) for k, v in (logs or {}).items()}
-    return {k: v for k, v in values.items() if not math.isfinite(v)}
-
-
-class StopOnDivergence(keras.callbacks.Callback):
-    """Raises TrainingDiverged after the first step with a non-finite loss.
-
-    Keras' TerminateOnNaN only stops fit: the run would end "successfully", save the
-    NaN weights at the end and rotate the last finite checkpoint away.
-    """
-
-    def __init__(self, manager: tf.train.CheckpointManager):
-        super().__init__()
-        self.manager = manager
-
-    def on_train_batch_end(self, batch, logs=None):
-        bad = _nonfinite_logs(logs)
-        if bad:
-            what = ", ".join(f"{k}={v}" for k, v in sorted(bad.items())[:4])
-            raise TrainingDiverged(int(self.model.step.numpy()), what, self.manager)
-
-
-class StopAtStep(keras.callbacks.Callback):
-    """Ends fit at a total step count, so resumed runs finish on the same step."""
-
-    def __init__(self, total_steps: int):
-        super().__init__()
-        self.total_steps = total_steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.step.numpy()) >= self.total_steps:
-            self.model.stop_training = True
-
-
-class ScalarSummaries(keras.callbacks.Callback):
-    """Writes the step's metrics (running means over the epoch) to TensorBoard."""
-
-    def __init__(self, writer, every: int):
-        super().__init__()
-        self.writer, self.every = writer, max(every, 1)
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.step.numpy())
-        if step % self.every == 0 or step >= self.model.total_steps:
-            with self.writer.as_default(step=step):
-                for name, value in (logs or {}).items():
-                    tf.summary.scalar(f"train/{name}", float(value))
-
-
-class CheckpointEvery(keras.callbacks.Callback):
-    """Saves every N steps and when training ends."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
-        super().__init__()
-        self.manager, self.every = manager, every
-
-    def save(self):
-        step = int(self.model.step.numpy())
-        if self.manager.latest_checkpoint != self._path(step):
-            # Never a non-finite checkpoint: it would rotate the last good one away.
-            if run_dir.nonfinite_variables(self.model.weights):
-                raise TrainingDiverged(step, "non-finite weights", self.manager)
-            self.manager.save(checkpoint_number=step)
-
-    def _path(self, step):
-        return f"{self.manager._checkpoint_prefix}-{step}"  # pylint: disable=protected-access
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.every > 0 and int(self.model.step.numpy()) % self.every == 0:
-            self.save()
-
-    def on_train_end(self, logs=None):
-        self.save()
-
-
-class SaveAtSigterm(keras.callbacks.Callback):
-    """On SIGTERM: finish the running step, checkpoint it, and end training cleanly.
-
-    The signal handler only sets a flag: TensorFlow state is not safe to touch from a
-    handler that may run in the middle of a step. After each step the flag is read;
-    under a multi-worker strategy the workers first agree (one scalar all-reduce per
-    step) whether any of them was signalled, so they all save the same step and leave
-    the step's collectives together instead of leaving a peer blocked in them.
-    tf.distribute.experimental.PreemptionCheckpointHandler is not used: it probes the
-    GCE metadata server over the network at start and does nothing on GCE CPU VMs.
-    """
-
-    def __init__(self, saver: "CheckpointEvery", strategy: tf.distribute.Strategy):
-        super().__init__()
-        self.saver, self.strategy = saver, strategy
-        self.preempted = False
-        self._signalled = threading.Event()
-        self._multi_worker = strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
-        self._any_worker = None
-
-    def installed(self):
-        """Context manager: our SIGTERM handler while fit runs, the previous one after."""
-        callback = self
-
-        class _Installed:
-            def __enter__(self):
-                self.previous = None
-                # signal.signal only works in the main thread; elsewhere SIGTERM keeps
-                # its default action (the last periodic checkpoint is the resume point).
-                if threading.current_thread() is threading.main_thread():
-                    self.previous = signal.signal(signal.SIGTERM,
-                                                  lambda signum, frame: callback._signalled.set())
-
-            def __exit__(self, *exc):
-                if self.previous is not None:
-                    signal.signal(signal.SIGTERM, self.previous)
-        return _Installed()
-
-    def _agreed(self) -> bool:
-        if not self._multi_worker:
-            return self._signalled.is_set()
-        if self._any_worker is None:
-            strategy = self.strategy
-
-            @tf.function
-            def any_worker(flag):
-                per_replica = strategy.run(lambda: tf.identity(flag))
-                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            self._any_worker = any_worker
-        return int(self._any_worker(tf.constant(int(self._signalled.is_set())))) > 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self.preempted and self._agreed():
-            self.saver.save()
-            self.preempted = True
-            self.model.stop_training = True
-
-
-class ImageSummaries(keras.callbacks.Callback):
-    """Samples G(z) for a fixed z and reconstruction pairs of a fixed batch; with a
-    masked tuple set also (original, masked input, inpainted) triplets."""
-
-    def __init__(self, writer, every: int, dataset: tf.data.Dataset, count: int = 32):
-        super().__init__()
-        self.writer, self.every = writer, every
-        images = next(iter(dataset))
-        # Conditional runs: samples and reconstructions use the batch's own y.
-        images, condition = images if isinstance(images, tuple) else (images, None)
-        images = images[:, -1] if images.shape.rank == 5 else images
-        if condition is not None and condition.shape.rank == 3:
-            condition = condition[:, -1]
-        self.images = images[:count]
-        self.condition = None if condition is None else condition[:count]
-        self.count = count
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.step.numpy())
-        if step % self.every == 0 or step >= self.model.total_steps:
-            self.write(step)
-
-    def write(self, step: int):
-        model = self.model
-        condition = self.condition
-        if condition is not None and not model.condition_dim:
-            condition = None     # a semi-supervised run's labels are no condition
-        count = self.count if condition is None else int(condition.shape[0])
-        samples = model.generate(model.prior_sample(count, seed=0), condition=condition)
-        recon = model.reconstruct(self.images, condition=condition)
-        with self.writer.as_default(step=step):
-            tf.summary.image("samples", visualize.image_grid(samples), step=step)
-            tf.summary.image("reconstructions",
-                             visualize.pairs_grid(self.images, recon, columns=8), step=step)
-            if "mask" in model.tuple_set.operator_families():
-                # Fixed evaluation masks, so the grids of successive steps compare.
-                mask = inpainting.eval_masks(self.images.shape, 0)
-                masked, inpainted = inpainting.inpaint(
-                    functools.partial(model.reconstruct, condition=condition), self.images,
-                    mask, model.config.mask_fill)
-                tf.summary.image("inpainting", inpainting.triplet_grid(
-                    self.images, masked, inpainted, columns=4), step=step)

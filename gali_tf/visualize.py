@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -39,5 +38,7 @@ def write_png(grid: tf.Tensor, path: str) -> None:
     tf.io.write_file(path, tf.io.encode_png(pixels))
 
 
-def as_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(to_unit_range(images).numpy() * 255).astype(np.uint8)
+def to_uint8(images: tf.Tensor) -> tf.Tensor:
+    """[-1, 1] model scale -> uint8 [0, 255], rounded (the inverse of
+    gali_tf.data.images_from_uint8 at the same size)."""
+    return tf.cast(tf.round(to_unit_range(images) * 255.0), tf.uint8)

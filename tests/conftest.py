@@ -21,7 +21,8 @@ tf.config.set_logical_device_configuration(
 def trainer_flags():
     """Parses trainer flags in-process and restores absl's global state afterwards."""
     from absl import flags
-    from trainers import main as trainer  # defines the trainer flags
+    from trainers import main as trainer
+    trainer.define_flags()
     saved = flags.FLAGS.flag_values_dict()
 
     def parse(args):

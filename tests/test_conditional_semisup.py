@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gali_tf import data, networks, objectives, run_dir, training
+from gali_tf import data, files, networks, objectives, run_dir, training
 from gali_tf.evaluation import suite
 from gali_tf.errors import ConfigError
 from gali_tf.model import GALIModel, ModelConfig, StepNoise, check_model_config
@@ -236,7 +236,7 @@ def test_run_records_the_conditioning_and_restore_rebuilds_it(conditional_run, s
 def test_export_of_a_conditional_run_takes_y_in_every_signature(conditional_run, tmp_path):
     version = exporter.export_run(conditional_run, str(tmp_path / "export"))
     run = run_dir.restore_networks(conditional_run)
-    meta = json.load(open(os.path.join(version, exporter.METADATA_FILE)))
+    meta = json.load(open(os.path.join(version, files.METADATA_FILE)))
     assert meta["condition"] == {"dim": 10, "columns": [f"class {k}" for k in range(10)]}
     encoder = tf.saved_model.load(os.path.join(version, exporter.ENCODER_DIR))
     generator = tf.saved_model.load(os.path.join(version, exporter.GENERATOR_DIR))

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from export import exporter
-from gali_tf import data, networks, training
+from gali_tf import data, files, networks, training
 from gali_tf.errors import ConfigError
 from gali_tf.model import ModelConfig
 from trainers import downstream
@@ -91,7 +91,7 @@ def _copied_export(encoder_dir, tmp_path):
 def test_corrupt_metadata_is_one_config_error_naming_it(encoder_dir, tmp_path, content,
                                                         problem):
     export_dir, encoder = _copied_export(encoder_dir, tmp_path)
-    metadata = export_dir / "1" / exporter.METADATA_FILE
+    metadata = export_dir / "1" / files.METADATA_FILE
     metadata.write_text(content)
     with pytest.raises(ConfigError) as info:
         downstream.module_image_shape(encoder)
@@ -101,7 +101,7 @@ def test_corrupt_metadata_is_one_config_error_naming_it(encoder_dir, tmp_path, c
 
 def test_corrupt_metadata_in_the_cli_is_one_error_line(encoder_dir, tmp_path):
     export_dir, encoder = _copied_export(encoder_dir, tmp_path)
-    metadata = export_dir / "1" / exporter.METADATA_FILE
+    metadata = export_dir / "1" / files.METADATA_FILE
     metadata.write_text("")
     done = _downstream(f"--hub_module={encoder}")
     assert done.returncode == 2

@@ -46,6 +46,7 @@ def trained_run(tmp_path_factory):
     """One tiny run of 4 steps (ckpt-2, ckpt-4), trained once; each test copies it."""
     from absl import flags
     from trainers import main as trainer
+    trainer.define_flags()
     model_dir = tmp_path_factory.mktemp("base") / "run"
     saved = flags.FLAGS.flag_values_dict()
     flags.FLAGS.unparse_flags()

@@ -147,3 +147,12 @@ def test_seed_fixes_the_initial_weights():
 
     np.testing.assert_array_equal(initial_kernel(0), initial_kernel(0))
     assert not np.array_equal(initial_kernel(0), initial_kernel(1))
+
+
+def test_trainer_defaults_are_the_library_defaults(trainer_flags):
+    """Each flag's default is the config field of its name: the trainer's default run and
+    a TrainConfig built in a notebook train the same model."""
+    config = trainer_flags([]).config_from_flags()
+    library = training.TrainConfig(model_dir=config.model_dir)
+    assert config == library
+    assert config.model_dir == "runs/digits_gali4" and config.network.width == 16

@@ -17,21 +17,28 @@ from absl import flags
 from gali_tf import classifier, data
 from trainers import cli
 
-flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist", "svhn_cropped", "celeb_a"],
-                  "Labelled training data (celeb_a: 40 binary attributes).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download); "
-                    "fashion_mnist: the folder of its four IDX files.")
-flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own; "
-                     "use the GAN run's size).")
-flags.DEFINE_string("export_dir", None,
-                    "Where the SavedModel goes (default runs/{digits,fashion,svhn,celeba}_classifier/export).")
-flags.DEFINE_integer("epochs", 20, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_integer("width", 32, "Channels of the first conv block.")
-flags.DEFINE_integer("feature_dim", 128, "Size of the last hidden layer (the features).")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation and shuffling.")
-flags.DEFINE_integer("verbose", 2, "Keras progress output.")
+# Every default is the library's (ClassifierConfig's field of the same name).
+_CONFIG = classifier.ClassifierConfig()
+
+
+@cli.define_once
+def define_flags():
+    flags.DEFINE_enum("dataset", _CONFIG.data.dataset, list(classifier.DATASETS),
+                      "Labelled training data (celeb_a: 40 binary attributes).")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding prepared datasets (no download); "
+                        "fashion_mnist: the folder of its four IDX files.")
+    flags.DEFINE_integer("image_size", None, "Image height = width (default: the dataset's own; "
+                         "use the GAN run's size).")
+    flags.DEFINE_string("export_dir", None,
+                        "Where the SavedModel goes (default runs/{digits,fashion,svhn,celeba}_classifier/export).")
+    flags.DEFINE_integer("epochs", _CONFIG.epochs, "Training epochs.")
+    flags.DEFINE_integer("batch_size", _CONFIG.batch_size, "Batch size.")
+    flags.DEFINE_float("learning_rate", _CONFIG.learning_rate, "Adam learning rate.")
+    flags.DEFINE_integer("width", _CONFIG.width, "Channels of the first conv block.")
+    flags.DEFINE_integer("feature_dim", _CONFIG.feature_dim, "Size of the last hidden layer (the features).")
+    flags.DEFINE_integer("seed", _CONFIG.seed, "Seed of initialisation and shuffling.")
+    flags.DEFINE_integer("verbose", _CONFIG.verbose, "Keras progress output.")
+
 
 FLAGS = flags.FLAGS
 
@@ -56,6 +63,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (gali-classifier)."""
+    define_flags()
     cli.run(main)
 
 

@@ -37,6 +37,20 @@ def parse_flags(argv: List[str]) -> List[str]:
     return remaining
 
 
+def define_once(define: Callable[[], None]) -> Callable[[], None]:
+    """Decorates a tool's define_flags so that it defines them once per process: every
+    tool defines its flags on demand (run() calls it), never at import, because tests
+    import several tools whose flags share names (--model_dir, --data_dir, ...)."""
+    defined = []
+
+    @functools.wraps(define)
+    def once():
+        if not defined:
+            define()
+            defined.append(True)
+    return once
+
+
 def user_errors(main: Callable[[List[str]], None]) -> Callable[[List[str]], None]:
     """Decorates a tool's main: every user error of the library (gali_tf.errors.
     InputError), a file system that refuses a write (a full disk, a read-only or

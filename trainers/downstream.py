@@ -20,13 +20,14 @@ from absl import flags
 import tensorflow as tf
 
 from export import exporter
-from gali_tf import data, run_dir
+from gali_tf import data, files, run_dir
 from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
 
 
+@cli.define_once
 def define_flags():
     """Defined on demand, not at import: tests import this module next to
     trainers.main, whose flags (--dataset, --data_dir, ...) would clash."""
@@ -94,7 +95,7 @@ def module_image_shape(hub_module: str) -> tuple:
     if not tf.io.gfile.exists(os.path.join(hub_module, "saved_model.pb")):
         raise ConfigError(f"--hub_module={hub_module}: not a SavedModel directory (expected "
                           "EXPORT_DIR/<step>/encoder written by export.main)")
-    metadata_path = os.path.join(version_dir, exporter.METADATA_FILE)
+    metadata_path = os.path.join(version_dir, files.METADATA_FILE)
     if tf.io.gfile.exists(metadata_path):
         metadata = exporter.read_metadata(metadata_path, f"--hub_module={hub_module}")
         if metadata.get("condition"):

@@ -25,6 +25,7 @@ from trainers import cli
 FLAGS = flags.FLAGS
 
 
+@cli.define_once
 def define_flags():
     """Defined on demand, not at import: tests import this module next to
     trainers.main, whose flags (--model_dir, --data_dir, ...) would clash."""

@@ -37,6 +37,7 @@ from typing import List, Optional, Tuple
 
 from absl import flags
 
+from gali_tf import classifier, files
 from gali_tf.errors import InputError
 
 from gali_tf.evaluation import suite, tables
@@ -45,6 +46,7 @@ from trainers import cli
 FLAGS = flags.FLAGS
 
 
+@cli.define_once
 def define_flags():
     flags.DEFINE_string("config", None, "Flagfile of this tool's flags (an experiment).")
     flags.DEFINE_list("variants", [], "NAME:FLAGFILE pairs, a trainers.main flagfile each.")
@@ -56,7 +58,7 @@ def define_flags():
                       f"{', '.join(suite.METRICS)}; empty = all that apply).")
     flags.DEFINE_list("eval_flags", [], "More trainers.evaluate flags, comma-separated "
                       "(e.g. --svm_draws=10).")
-    flags.DEFINE_enum("classifier", "", ["", "digits", "fashion_mnist", "svhn_cropped", "celeb_a"],
+    flags.DEFINE_enum("classifier", "", ["", *classifier.DATASETS],
                       "Train the project classifier on this dataset once and use it as the "
                       "feature MSE and FID network.")
     flags.DEFINE_list("classifier_flags", [], "More trainers.classifier flags.")
@@ -341,8 +343,8 @@ def main(argv):
         _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes,
         left_out=left_out)
     results = _results_dir()
-    tables.write_text(os.path.join(results, "table.md"), text)
-    tables.write_text(os.path.join(results, "table.json"), json.dumps(
+    files.write_text_atomically(os.path.join(results, "table.md"), text)
+    files.write_text_atomically(os.path.join(results, "table.json"), json.dumps(
         {"command": command_line(), "table": tables.final_table_json(runs)}, indent=2) + "\n")
     figure = tables.plot_curves(runs, os.path.join(results, "curves.png"))
     print(text + (f"\ncurves: {figure}" if figure else ""))

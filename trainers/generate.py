@@ -34,6 +34,7 @@ from trainers import cli
 FLAGS = flags.FLAGS
 
 
+@cli.define_once
 def define_flags():
     """Defined on demand, not at import: tests import this module next to
     trainers.main, whose flags (--model_dir, ...) would clash."""

@@ -33,6 +33,7 @@ from trainers import cli
 FLAGS = flags.FLAGS
 
 
+@cli.define_once
 def define_flags():
     """Defined on demand, not at import: tests import this module next to
     trainers.main, whose flags (--model_dir, --dataset, ...) would clash."""
@@ -88,11 +89,7 @@ def load_images(pattern: str, shape) -> tuple:
                                        expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
             raise ConfigError(f"--images: cannot read {path} as a JPEG/PNG image") from None
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        if channels == 1:
-            image = tf.image.rgb_to_grayscale(image)
-        image = tf.image.resize(image, [height, width], antialias=True)
-        images.append(tf.clip_by_value(image, 0.0, 1.0) * 2.0 - 1.0)
+        images.append(data.images_from_uint8(image, height, width, channels))
     names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     return tf.stack(images), names
 
@@ -184,7 +181,7 @@ def inpaint_run(opts: InpaintOptions):
     masked, composite = inpainting.inpaint(reconstruct, images,
                                            mask_fn(tuple(images.shape), 0), fill)
     tf.io.gfile.makedirs(opts.out)
-    for name, image in zip(names, visualize.as_uint8(composite)):
+    for name, image in zip(names, visualize.to_uint8(composite).numpy()):
         tf.io.write_file(os.path.join(opts.out, f"{name}.png"), tf.io.encode_png(image))
     visualize.write_png(inpainting.triplet_grid(images, masked, composite),
                         os.path.join(opts.out, "grid.png"))

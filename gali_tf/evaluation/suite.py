@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from gali_tf import data as data_lib
 from gali_tf import features as features_lib
-from gali_tf import objectives, run_dir, tuples
+from gali_tf import files, objectives, run_dir, tuples
 from gali_tf.evaluation import fid as fid_lib
 from gali_tf.evaluation import inpainting, modes, pictures, reconstruction, svm
 from gali_tf.errors import ConfigError
@@ -465,14 +465,6 @@ def format_value(entry: dict) -> str:
     return text
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a report."""
-    temporary = path + ".tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-
-
 def write_report(report: EvalReport) -> Tuple[str, str]:
     """Writes RUN/eval/<step>.{json,md}, the PNGs and TensorBoard summaries; returns
     the JSON and Markdown paths. `report.pictures` becomes name -> PNG path."""
@@ -496,6 +488,6 @@ def write_report(report: EvalReport) -> Tuple[str, str]:
         paths[name] = image
     report.pictures = paths
     base = os.path.join(eval_dir, str(report.step))
-    _write_atomically(base + ".json", json.dumps(report.to_json(), indent=2) + "\n")
-    _write_atomically(base + ".md", report_markdown(report))
+    files.write_text_atomically(base + ".json", json.dumps(report.to_json(), indent=2) + "\n")
+    files.write_text_atomically(base + ".md", report_markdown(report))
     return base + ".json", base + ".md"

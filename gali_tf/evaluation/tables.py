@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from gali_tf import files
 from gali_tf.errors import InputError
 
 # Column order and headings; the arrow says which way is better.
@@ -129,17 +130,8 @@ def _results_path(results_dir: str, variant: str, seed: int) -> str:
 
 def write_run_results(results_dir: str, results: dict) -> str:
     path = _results_path(results_dir, results["variant"], results["seed"])
-    write_text(path, json.dumps(results, indent=1) + "\n")
+    files.write_text_atomically(path, json.dumps(results, indent=1) + "\n")
     return path
-
-
-def write_text(path: str, text: str) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
 
 
 def _check_run_results(results: dict) -> dict:

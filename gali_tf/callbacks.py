@@ -1,0 +1,210 @@
+"""The Keras callbacks of a training run: stop on divergence or at the total step,
+checkpoint every N steps and at SIGTERM, and write TensorBoard scalars and images.
+
+Each works on a GALIModel (its `step` counter and `total_steps`) inside `model.fit`;
+`training.train` installs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import threading
+
+import keras
+import tensorflow as tf
+
+from gali_tf import run_dir, visualize
+from gali_tf.errors import ConfigError
+from gali_tf.evaluation import inpainting
+
+
+class TrainingDiverged(ConfigError):
+    """Losses or weights stopped being finite (typically too high a learning rate)."""
+
+    def __init__(self, step: int, what: str, manager: tf.train.CheckpointManager):
+        kept = (f"the newest finite checkpoint, {os.path.basename(manager.latest_checkpoint)}, "
+                "is kept; resume from it with a lower --learning_rate and "
+                "--allow_flag_changes, or use a new --model_dir"
+                if manager.latest_checkpoint else "no checkpoint was saved")
+        super().__init__(f"step {step}: training diverged ({what}); {kept}")
+
+
+def _nonfinite_logs(logs) -> dict:
+    values = {k: float(v) for k, v in (logs or {}).items()}
+    return {k: v for k, v in values.items() if not math.isfinite(v)}
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises TrainingDiverged after the first step with a non-finite loss.
+
+    Keras' TerminateOnNaN only stops fit: the run would end "successfully", save the
+    NaN weights at the end and rotate the last finite checkpoint away.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager):
+        super().__init__()
+        self.manager = manager
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = _nonfinite_logs(logs)
+        if bad:
+            what = ", ".join(f"{k}={v}" for k, v in sorted(bad.items())[:4])
+            raise TrainingDiverged(int(self.model.step.numpy()), what, self.manager)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends fit at a total step count, so resumed runs finish on the same step."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.step.numpy()) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class ScalarSummaries(keras.callbacks.Callback):
+    """Writes the step's metrics (running means over the epoch) to TensorBoard."""
+
+    def __init__(self, writer, every: int):
+        super().__init__()
+        self.writer, self.every = writer, max(every, 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.step.numpy())
+        if step % self.every == 0 or step >= self.model.total_steps:
+            with self.writer.as_default(step=step):
+                for name, value in (logs or {}).items():
+                    tf.summary.scalar(f"train/{name}", float(value))
+
+
+class CheckpointEvery(keras.callbacks.Callback):
+    """Saves every N steps and when training ends."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+        super().__init__()
+        self.manager, self.every = manager, every
+
+    def save(self):
+        step = int(self.model.step.numpy())
+        if self.manager.latest_checkpoint != self._path(step):
+            # Never a non-finite checkpoint: it would rotate the last good one away.
+            if run_dir.nonfinite_variables(self.model.weights):
+                raise TrainingDiverged(step, "non-finite weights", self.manager)
+            self.manager.save(checkpoint_number=step)
+
+    def _path(self, step):
+        return f"{self.manager._checkpoint_prefix}-{step}"  # pylint: disable=protected-access
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every > 0 and int(self.model.step.numpy()) % self.every == 0:
+            self.save()
+
+    def on_train_end(self, logs=None):
+        self.save()
+
+
+class SaveAtSigterm(keras.callbacks.Callback):
+    """On SIGTERM: finish the running step, checkpoint it, and end training cleanly.
+
+    The signal handler only sets a flag: TensorFlow state is not safe to touch from a
+    handler that may run in the middle of a step. After each step the flag is read;
+    under a multi-worker strategy the workers first agree (one scalar all-reduce per
+    step) whether any of them was signalled, so they all save the same step and leave
+    the step's collectives together instead of leaving a peer blocked in them.
+    tf.distribute.experimental.PreemptionCheckpointHandler is not used: it probes the
+    GCE metadata server over the network at start and does nothing on GCE CPU VMs.
+    """
+
+    def __init__(self, saver: "CheckpointEvery", strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.saver, self.strategy = saver, strategy
+        self.preempted = False
+        self._signalled = threading.Event()
+        self._multi_worker = strategy.extended._in_multi_worker_mode()  # pylint: disable=protected-access
+        self._any_worker = None
+
+    def installed(self):
+        """Context manager: our SIGTERM handler while fit runs, the previous one after."""
+        callback = self
+
+        class _Installed:
+            def __enter__(self):
+                self.previous = None
+                # signal.signal only works in the main thread; elsewhere SIGTERM keeps
+                # its default action (the last periodic checkpoint is the resume point).
+                if threading.current_thread() is threading.main_thread():
+                    self.previous = signal.signal(signal.SIGTERM,
+                                                  lambda signum, frame: callback._signalled.set())
+
+            def __exit__(self, *exc):
+                if self.previous is not None:
+                    signal.signal(signal.SIGTERM, self.previous)
+        return _Installed()
+
+    def _agreed(self) -> bool:
+        if not self._multi_worker:
+            return self._signalled.is_set()
+        if self._any_worker is None:
+            strategy = self.strategy
+
+            @tf.function
+            def any_worker(flag):
+                per_replica = strategy.run(lambda: tf.identity(flag))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            self._any_worker = any_worker
+        return int(self._any_worker(tf.constant(int(self._signalled.is_set())))) > 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.preempted and self._agreed():
+            self.saver.save()
+            self.preempted = True
+            self.model.stop_training = True
+
+
+class ImageSummaries(keras.callbacks.Callback):
+    """Samples G(z) for a fixed z and reconstruction pairs of a fixed batch; with a
+    masked tuple set also (original, masked input, inpainted) triplets."""
+
+    def __init__(self, writer, every: int, dataset: tf.data.Dataset, count: int = 32):
+        super().__init__()
+        self.writer, self.every = writer, every
+        images = next(iter(dataset))
+        # Conditional runs: samples and reconstructions use the batch's own y.
+        images, condition = images if isinstance(images, tuple) else (images, None)
+        images = images[:, -1] if images.shape.rank == 5 else images
+        if condition is not None and condition.shape.rank == 3:
+            condition = condition[:, -1]
+        self.images = images[:count]
+        self.condition = None if condition is None else condition[:count]
+        self.count = count
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.step.numpy())
+        if step % self.every == 0 or step >= self.model.total_steps:
+            self.write(step)
+
+    def write(self, step: int):
+        model = self.model
+        condition = self.condition
+        if condition is not None and not model.condition_dim:
+            condition = None     # a semi-supervised run's labels are no condition
+        count = self.count if condition is None else int(condition.shape[0])
+        samples = model.generate(model.prior_sample(count, seed=0), condition=condition)
+        recon = model.reconstruct(self.images, condition=condition)
+        with self.writer.as_default(step=step):
+            tf.summary.image("samples", visualize.image_grid(samples), step=step)
+            tf.summary.image("reconstructions",
+                             visualize.pairs_grid(self.images, recon, columns=8), step=step)
+            if "mask" in model.tuple_set.operator_families():
+                # Fixed evaluation masks, so the grids of successive steps compare.
+                mask = inpainting.eval_masks(self.images.shape, 0)
+                masked, inpainted = inpainting.inpaint(
+                    functools.partial(model.reconstruct, condition=condition), self.images,
+                    mask, model.config.mask_fill)
+                tf.summary.image("inpainting", inpainting.triplet_grid(
+                    self.images, masked, inpainted, columns=4), step=step)
