@@ -1,5 +1,7 @@
 """gali_tf: Generalized Adversarially Learned Inference (GALI), ALI/BiGAN and ALICE.
 
-The library never reads command-line flags: entry points in `trainers/` and
-`export/` turn flags into the config dataclasses defined here and call it.
+The library never reads command-line flags: the tools in `trainers/` and `export/` turn
+flags into its config dataclasses (`data.DataConfig`, `networks.NetworkConfig`,
+`model.ModelConfig`, `training.TrainConfig`, ...) and call it. docs/architecture.md maps
+the modules.
 """

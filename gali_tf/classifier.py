@@ -3,7 +3,7 @@
 A small conv net trained on a labelled dataset: digits / SVHN 10-way softmax, CelebA
 40-attribute multi-label sigmoid. Its last hidden layer is the feature vector M(x). The
 export is a hand-built SavedModel (tf.Module; `hub.KerasLayer`/`model.export()` are not
-reusable under Keras 3, see DESIGN.md):
+reusable under Keras 3, see docs/architecture.md):
 
     serving_default(images: float32 [None, H, W, C] in [-1, 1])
         -> {"features": [None, feature_dim], "logits": [None, num_classes]}

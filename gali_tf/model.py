@@ -219,8 +219,8 @@ class GALIModel(keras.Model):
             self.discriminator = networks.build_discriminator(
                 network_config, self.tuple_set.slot_kinds,
                 discriminator_outputs(self.tuple_set, network_config.label_classes))
-        # Two Adam optimizers, one per side of the game (DESIGN.md: build both in
-        # the strategy scope before fit, or their state is not mirrored/restored).
+        # Two Adam optimizers, one per side of the game (docs/architecture.md: build
+        # both in the strategy scope before fit, or their state is not mirrored/restored).
         self.d_adam = keras.optimizers.Adam(config.learning_rate, config.beta_1,
                                             config.beta_2, name="d_adam")
         self.g_adam = keras.optimizers.Adam(config.learning_rate, config.beta_1,

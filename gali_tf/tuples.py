@@ -44,7 +44,7 @@ OPERATORS = {
 }
 INDEXED_OPERATORS = ("mask", "mix")
 
-# Built-in tuple sets (DESIGN.md table). GALI-8 writes x^ = G(E(x)), z^ = E(x^),
+# Built-in tuple sets (README, "Models are tuple sets"). GALI-8 writes x^ = G(E(x)), z^ = E(x^),
 # g = G(z), z' = E(g), g~ = G(z') and permutes images and latents within the two
 # 4-tuples (x, E(x), x^, z^) and (g, z, g~, z') (GALI, "Extension to Arbitrary
 # Number and Size of Tuples").

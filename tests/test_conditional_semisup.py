@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gali_tf import data, files, networks, objectives, run_dir, training
+from gali_tf import data, files, generation, networks, objectives, run_dir, training
 from gali_tf.evaluation import suite
 from gali_tf.errors import ConfigError
 from gali_tf.model import GALIModel, ModelConfig, StepNoise, check_model_config
 from export import exporter
-from trainers import downstream, generate
+from trainers import downstream
 
 SHAPE = (8, 8, 1)
 
@@ -266,7 +266,7 @@ def test_export_of_a_conditional_run_takes_y_in_every_signature(conditional_run,
 
 
 def test_generate_writes_a_grid_of_classes_by_columns(conditional_run, tmp_path):
-    result = generate.generate_run(generate.GenerateOptions(
+    result = generation.generate_run(generation.GenerateOptions(
         model_dir=conditional_run, out=str(tmp_path), classes=["3", "7", "1"], columns=5,
         z_seed=2))
     assert result.grid_shape == (3 * 8, 5 * 8, 1)
@@ -274,7 +274,7 @@ def test_generate_writes_a_grid_of_classes_by_columns(conditional_run, tmp_path)
     assert tuple(png.shape) == (24, 40, 1)
     assert json.load(open(tmp_path / "rows.json"))["rows"] == ["class 3", "class 7", "class 1"]
     # Each column keeps one z: row 0 of two calls with the same seed is the same.
-    again = generate.generate_run(generate.GenerateOptions(
+    again = generation.generate_run(generation.GenerateOptions(
         model_dir=conditional_run, out=str(tmp_path / "b"), classes=["3"], columns=5, z_seed=2))
     np.testing.assert_array_equal(
         png[:8], tf.io.decode_png(tf.io.read_file(again.grid_path)))
@@ -287,26 +287,26 @@ def test_generate_writes_a_grid_of_classes_by_columns(conditional_run, tmp_path)
 ])
 def test_generate_bad_flags_are_one_line_errors(conditional_run, tmp_path, options, match):
     with pytest.raises(ConfigError, match=match) as info:
-        generate.generate_run(generate.GenerateOptions(model_dir=conditional_run,
+        generation.generate_run(generation.GenerateOptions(model_dir=conditional_run,
                                                        out=str(tmp_path), **options))
     assert "\n" not in str(info.value)
 
 
 def test_generate_refuses_an_unconditional_run(semi_run, tmp_path):
     with pytest.raises(ConfigError, match="not a conditional run"):
-        generate.generate_run(generate.GenerateOptions(model_dir=semi_run, out=str(tmp_path)))
+        generation.generate_run(generation.GenerateOptions(model_dir=semi_run, out=str(tmp_path)))
 
 
 def test_celeba_attribute_rows_and_unknown_attributes():
-    opts = generate.GenerateOptions(model_dir="m", out="o", attributes=["Black_Hair", "smiling"],
+    opts = generation.GenerateOptions(model_dir="m", out="o", attributes=["Black_Hair", "smiling"],
                                     base_attributes=["Male"], cumulative=True)
-    names, rows, _ = generate.condition_rows(opts, "celeb_a", 40)
+    names, rows, _ = generation.condition_rows(opts, "celeb_a", 40)
     index = {n: i for i, n in enumerate(data.CELEBA_ATTRIBUTES)}
     assert names == ["Black_Hair+Male", "Black_Hair+Male+Smiling"]
     assert rows.shape == (2, 40) and rows[1].sum() == 3 and rows[1, index["Smiling"]] == 1
-    bad = generate.GenerateOptions(model_dir="m", out="o", attributes=["Male", "Smiling2"])
+    bad = generation.GenerateOptions(model_dir="m", out="o", attributes=["Male", "Smiling2"])
     with pytest.raises(ConfigError, match="unknown CelebA attribute 'Smiling2'") as info:
-        generate.condition_rows(bad, "celeb_a", 40)
+        generation.condition_rows(bad, "celeb_a", 40)
     assert "\n" not in str(info.value)
 
 

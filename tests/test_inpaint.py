@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gali_tf import data, masks, networks, training
+from gali_tf import data, inpaint, masks, networks, training
 from gali_tf.evaluation import inpainting
 from gali_tf.errors import ConfigError
 from gali_tf.model import ModelConfig
-from trainers import inpaint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (2, 6, 6, 3)

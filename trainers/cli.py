@@ -7,6 +7,7 @@ input with one `error: ...` line and exit status 2 instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from typing import Callable, List
@@ -49,6 +50,15 @@ def define_once(define: Callable[[], None]) -> Callable[[], None]:
             define()
             defined.append(True)
     return once
+
+
+def from_flags(config_class, **derived):
+    """`config_class` with every field that has a flag of the same name set from it,
+    the others from `derived` or their defaults: a tool's flags map onto the library's
+    config dataclass by name, so no mapping line repeats them."""
+    return config_class(**{f.name: flags.FLAGS[f.name].value
+                           for f in dataclasses.fields(config_class)
+                           if f.name in flags.FLAGS and f.name not in derived}, **derived)
 
 
 def user_errors(main: Callable[[List[str]], None]) -> Callable[[List[str]], None]:

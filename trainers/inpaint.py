@@ -17,26 +17,18 @@ Loading a --hub export is not supported: use the run directory.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tempfile
-from typing import Optional
-
 from absl import flags
-import tensorflow as tf
 
-from gali_tf import data, masks, run_dir, visualize
-from gali_tf.evaluation import inpainting
-from gali_tf.errors import ConfigError
+from gali_tf import data, inpaint
 from trainers import cli
 
 FLAGS = flags.FLAGS
+# Every default is the library's (InpaintOptions' field of the same name).
+_DEFAULTS = inpaint.InpaintOptions(model_dir="", out="")
 
 
 @cli.define_once
 def define_flags():
-    """Defined on demand, not at import: tests import this module next to
-    trainers.main, whose flags (--model_dir, --dataset, ...) would clash."""
     flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the run's latest).")
     flags.DEFINE_string("images", None,
@@ -44,162 +36,20 @@ def define_flags():
     flags.DEFINE_string("dataset", None, "Instead of --images: take images from this gali_tf.data "
                         "dataset (e.g. digits).")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir for --dataset.")
-    flags.DEFINE_enum("split", "test", ["train", "test"], "Split of --dataset.")
-    flags.DEFINE_integer("num_images", 16, "Images of --dataset to inpaint and show.")
-    flags.DEFINE_string("mask", "random", "x,y,w,h (hole's top-left corner and size) or random.")
-    flags.DEFINE_integer("seed", 0, "Seed of --mask=random.")
+    flags.DEFINE_enum("split", _DEFAULTS.split, list(data.SPLITS), "Split of --dataset.")
+    flags.DEFINE_integer("num_images", _DEFAULTS.num_images, "Images of --dataset to inpaint and show.")
+    flags.DEFINE_string("mask", _DEFAULTS.mask, "x,y,w,h (hole's top-left corner and size) or random.")
+    flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of --mask=random.")
     flags.DEFINE_float("mask_fill", None, "Hole value in [-1, 1] (default: the run's --mask_fill).")
     flags.DEFINE_string("out", None, "Output directory for the PNGs.")
-    flags.DEFINE_bool("metrics", False, "Print the inpainting pixel MSE over the hole.")
-    flags.DEFINE_integer("batch_size", 100, "Batch size of --metrics.")
-
-
-def parse_mask(text: str):
-    """None for "random", else the box (x, y, w, h) as ints."""
-    if text.strip() == "random":
-        return None
-    parts = text.split(",")
-    try:
-        box = tuple(int(p) for p in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise ConfigError(f"--mask={text}: expected x,y,w,h (four integers) or random")
-    return box
-
-
-def check_box(box, text: str, height: int, width: int) -> None:
-    x, y, w, h = box
-    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ConfigError(f"--mask={text}: the hole x={x}..{x + w - 1}, y={y}..{y + h - 1} "
-                          f"is not inside the {width}x{height} image (need w, h >= 1, "
-                          f"x + w <= {width}, y + h <= {height})")
-
-
-def load_images(pattern: str, shape) -> tuple:
-    """(images in [-1, 1] [N, H, W, C], names) from a glob of JPEG/PNG files."""
-    paths = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
-    if not paths:
-        raise ConfigError(f"--images={pattern}: no files match")
-    height, width, channels = shape
-    images = []
-    for path in paths:
-        try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                       expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-            raise ConfigError(f"--images: cannot read {path} as a JPEG/PNG image") from None
-        images.append(data.images_from_uint8(image, height, width, channels))
-    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    return tf.stack(images), names
-
-
-def check_out_dir(out: str) -> None:
-    """--out must be a directory this process can write in, or one it can create.
-
-    Checked before the run is restored and images decoded, by creating (and removing) an
-    empty directory there: permission bits alone do not tell (root ignores them, and a
-    read-only mount refuses everyone).
-    """
-    if "://" in out:
-        return  # object stores: no cheap check; writes fail with their own error
-    path = os.path.abspath(out)
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        where = "is a file" if existing == path else f"is under a file ({existing})"
-        raise ConfigError(f"--out={out} {where}: expected a directory for the PNGs")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".inpaint-check-", dir=existing))
-    except OSError as error:
-        raise ConfigError(f"--out={out}: cannot write in {existing} "
-                          f"({error.strerror or error}); pass a writable directory") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class InpaintOptions:
-    """The tool's flags (tests call `inpaint_run` with these directly)."""
-
-    model_dir: str
-    out: str
-    images: Optional[str] = None
-    dataset: Optional[str] = None
-    checkpoint: Optional[str] = None
-    data_dir: Optional[str] = None
-    split: str = "test"
-    num_images: int = 16
-    mask: str = "random"
-    seed: int = 0
-    mask_fill: Optional[float] = None
-    metrics: bool = False
-    batch_size: int = 100
-
-
-def inpaint_run(opts: InpaintOptions):
-    """Writes the composites and grid.png; returns the InpaintingResult with --metrics."""
-    if not opts.model_dir:
-        raise ConfigError("--model_dir is required (a run directory written by trainers.main)")
-    if not opts.out:
-        raise ConfigError("--out is required (a directory for the PNGs)")
-    check_out_dir(opts.out)
-    if (opts.images is None) == (opts.dataset is None):
-        raise ConfigError("give exactly one of --images=GLOB and --dataset=NAME")
-    if opts.mask_fill is not None and not -1.0 <= opts.mask_fill <= 1.0:
-        raise ConfigError(f"--mask_fill={opts.mask_fill}: expected a value in [-1, 1]")
-    if opts.num_images < 1 or opts.batch_size < 1:
-        raise ConfigError("--num_images and --batch_size must be >= 1")
-    box = parse_mask(opts.mask)
-    run = run_dir.restore_networks(opts.model_dir, opts.checkpoint)
-    height, width, channels = shape = run.record.example_shape
-    if box is not None:
-        check_box(box, opts.mask, height, width)
-    fill = opts.mask_fill if opts.mask_fill is not None else run.record.mask_fill
-
-    if opts.images is not None:
-        images, names = load_images(opts.images, shape)
-        names = [f"{name}_inpainted" for name in names]
-        eval_ds = tf.data.Dataset.from_tensor_slices(images).batch(opts.batch_size)
-    else:
-        cfg = data.DataConfig(dataset=opts.dataset, data_dir=opts.data_dir,
-                              image_size=int(height), channels=int(channels))
-        images = next(iter(data.make_dataset(cfg, opts.split, opts.num_images, shuffle=False,
-                                             repeat=False, drop_remainder=False)))
-        names = [f"inpainted_{i:04d}" for i in range(int(images.shape[0]))]
-        eval_ds = data.make_dataset(cfg, opts.split, opts.batch_size, shuffle=False,
-                                    repeat=False, drop_remainder=False)
-
-    def reconstruct(masked):
-        mu, _ = run.encoder(masked, training=False)
-        return run.generator(mu, training=False)
-
-    def mask_fn(batch_shape, batch_index):
-        if box is None:
-            return inpainting.eval_masks(batch_shape, batch_index, opts.seed)
-        return masks.box_masks(batch_shape[0], height, width, *box)
-
-    masked, composite = inpainting.inpaint(reconstruct, images,
-                                           mask_fn(tuple(images.shape), 0), fill)
-    tf.io.gfile.makedirs(opts.out)
-    for name, image in zip(names, visualize.to_uint8(composite).numpy()):
-        tf.io.write_file(os.path.join(opts.out, f"{name}.png"), tf.io.encode_png(image))
-    visualize.write_png(inpainting.triplet_grid(images, masked, composite),
-                        os.path.join(opts.out, "grid.png"))
-    print(f"{opts.out}: {len(names)} inpainted images and grid.png "
-          f"(columns: original, masked input, inpainted; {run.checkpoint})")
-    if not opts.metrics:
-        return None
-    result = inpainting.evaluate(reconstruct, eval_ds, fill, seed=opts.seed, mask_fn=mask_fn)
-    print(f"inpainting pixel MSE (hole, images in [0, 1]): {result.pixel_mse}")
-    return result
+    flags.DEFINE_bool("metrics", _DEFAULTS.metrics, "Print the inpainting pixel MSE over the hole.")
+    flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size of --metrics.")
 
 
 @cli.user_errors
 def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
-    options = InpaintOptions(**{f.name: getattr(FLAGS, f.name)
-                                for f in dataclasses.fields(InpaintOptions)})
-    inpaint_run(options)
+    inpaint.inpaint_run(cli.from_flags(inpaint.InpaintOptions))
 
 
 def run():

@@ -9,7 +9,6 @@ The run's effective flags are written to MODEL_DIR/flags.txt, itself a flagfile.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from absl import flags
@@ -138,26 +137,19 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 
-def _from_flags(config_class, **derived):
-    """`config_class` with every field that has a flag of the same name set from it
-    (the other fields: `derived`, else their defaults)."""
-    return config_class(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(config_class)
-                           if f.name in FLAGS and f.name not in derived}, **derived)
-
-
 def config_from_flags() -> training.TrainConfig:
     """The flags as the library's config dataclasses (the library never reads flags)."""
     tuple_name = FLAGS.tuples if FLAGS.tuples in tuples.TUPLE_SETS else "custom"
     if FLAGS.model_dir is not None and not FLAGS.model_dir.strip():
         raise ConfigError("--model_dir is empty: expected a directory for checkpoints and "
                           "logs (leave the flag out for the default runs/<dataset>_<tuples>)")
-    return _from_flags(
+    return cli.from_flags(
         training.TrainConfig,
         model_dir=FLAGS.model_dir or (
             f"runs/{FLAGS.dataset}_{tuple_name}" + ("_conditional" if FLAGS.conditional else "")
             + (f"_semisup{FLAGS.num_labeled}" if FLAGS.num_labeled else "")),
-        data=_from_flags(data.DataConfig), network=_from_flags(networks.NetworkConfig),
-        model=_from_flags(ModelConfig),
+        data=cli.from_flags(data.DataConfig), network=cli.from_flags(networks.NetworkConfig),
+        model=cli.from_flags(ModelConfig),
         jit_compile={"auto": None, "true": True, "false": False}[FLAGS.jit_compile])
 
 
