@@ -3,7 +3,7 @@
 Every mistake a user can make at the command line or in a config (a bad flag value, a
 missing or damaged file, a run directory that does not fit the command) raises a
 subclass of `InputError` whose message is one line naming the flag or file and what was
-expected. The command-line tools catch `InputError` alone (`trainers.cli.run`) and print
+expected. The command-line tools catch `InputError` alone (`trainers.cli.user_errors`) and print
 it as `error: ...` with exit status 2; anything else is a bug and keeps its traceback.
 """
 

@@ -36,7 +36,7 @@ from tensorflow.python.checkpoint import checkpoint_management
 
 from gali_tf import files, networks, tuples
 from gali_tf.errors import ConfigError, first_line, last_line
-from gali_tf.model import discriminator_outputs
+from gali_tf.model import ModelConfig, discriminator_outputs
 
 RUN_RECORD = "run.json"
 FLAGS_FILE = "flags.txt"
@@ -264,6 +264,10 @@ ARCHITECTURE_FIELDS = ("arch", "example_shape", "latent_dim", "width", "mlp_hidd
                        "condition_embedding", "label_classes", "num_labeled", "labeled_seed")
 
 
+# The record's defaults are the model's: ModelConfig's fields of the same names.
+_MODEL = ModelConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
     """RUN/run.json, typed: what a run is (its networks, tuple set and data), enough to
@@ -277,17 +281,17 @@ class RunRecord:
     network: networks.NetworkConfig
     tuples: str
     dataset: str
-    generator_loss: str = "product_of_terms"
-    mask_fill: float = -1.0
-    feature_model: str = ""
-    feature_output: str = ""
-    feature_signature: str = "serving_default"
-    feature_image_size: int = 0
+    generator_loss: str = _MODEL.generator_loss
+    mask_fill: float = _MODEL.mask_fill
+    feature_model: str = _MODEL.feature_model
+    feature_output: str = _MODEL.feature_output
+    feature_signature: str = _MODEL.feature_signature
+    feature_image_size: int = _MODEL.feature_image_size
     # Conditional ALI: network.condition_dim > 0 is what rebuilds E(x, y), G(z, y), D.
-    conditional: bool = False
+    conditional: bool = _MODEL.conditional
     # Semi-supervised ALI: D's network.label_classes and the labelled subset.
-    num_labeled: int = 0
-    labeled_seed: int = 0
+    num_labeled: int = _MODEL.num_labeled
+    labeled_seed: int = _MODEL.labeled_seed
     # Where the data was, absolute, so evaluation finds it from any working directory.
     data_dir: Optional[str] = None
     image_dir: Optional[str] = None
