@@ -198,6 +198,15 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| ALI | 1 |" in (results / "table.md").read_text()
 
+    # Nor is it trained again on a machine without its run directory: the table grows
+    # across sessions from the committed metrics files.
+    kept_again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                timeout=600)
+    assert kept_again.returncode == 0, kept_again.stderr[-3000:]
+    assert "ALI seed 0: kept from" in kept_again.stdout
+    assert not (out / "ALI" / "seed_0" / "train.log").exists()
+    assert json.loads((results / "metrics" / "ALI_seed_0.json").read_text()) == kept
+
     # A results folder that grew across sessions: a seed beyond --seeds and a run of
     # another budget stay out of the table, and the table says so.
     for seed, final in ((3, 4), (0, 4)):

@@ -222,10 +222,28 @@ def _evaluate_at(name: str, seed: int, model_dir: str, step: int, eval_args: Lis
         return json.load(f), seconds, command
 
 
+def kept_results(name: str, seed: int, model_dir: str) -> Optional[dict]:
+    """The metrics file of a run finished at --steps whose run directory is not here (an
+    earlier session's, on another machine), or None. The table grows across sessions
+    from the committed metrics files: such a run is kept, not trained again."""
+    path = tables.run_results_path(_results_dir(), name, seed)
+    if not FLAGS.steps or _latest_step(model_dir) >= 0 or not os.path.isfile(path):
+        return None
+    results = tables.read_run_results_file(path)
+    if results["points"][-1]["step"] != FLAGS.steps:
+        return None
+    print(f"{name} seed {seed}: kept from {path} (final step {FLAGS.steps}; its run "
+          f"directory {model_dir} is not here)", flush=True)
+    return results
+
+
 def train_and_evaluate(name: str, flagfile: str, seed: int, eval_args: List[str]) -> dict:
     """One run and its evaluations (reused when already done); returns its metrics file's
     contents (also written to RESULTS/metrics/)."""
     model_dir = os.path.join(FLAGS.out, name, f"seed_{seed}")
+    kept = kept_results(name, seed, model_dir)
+    if kept is not None:
+        return kept
     os.makedirs(model_dir, exist_ok=True)
     train = _train_command(name, flagfile, seed, model_dir)
     start_step = _latest_step(model_dir)

@@ -123,13 +123,14 @@ def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment:
     }
 
 
-def _results_path(results_dir: str, variant: str, seed: int) -> str:
+def run_results_path(results_dir: str, variant: str, seed: int) -> str:
+    """RESULTS/metrics/VARIANT_seed_S.json."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in variant)
     return os.path.join(results_dir, METRICS_DIR, f"{safe}_seed_{seed}.json")
 
 
 def write_run_results(results_dir: str, results: dict) -> str:
-    path = _results_path(results_dir, results["variant"], results["seed"])
+    path = run_results_path(results_dir, results["variant"], results["seed"])
     files.write_text_atomically(path, json.dumps(results, indent=1) + "\n")
     return path
 
@@ -155,18 +156,23 @@ def _check_run_results(results: dict) -> dict:
     return results
 
 
+def read_run_results_file(path: str) -> dict:
+    """One run's metrics file, checked; ResultsError names a file that is not one."""
+    try:
+        with open(path) as f:
+            return _check_run_results(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ResultsError(f"{path}: not a run results file "
+                           f"({type(error).__name__}: {error})") from None
+
+
 def read_run_results(results_dir: str, variants: Sequence[str]) -> Dict[str, List[dict]]:
     """variant -> its runs' results sorted by seed, for the given variants in that order
     (a variant with no finished run is left out). ResultsError names a file that is not
     a run results file."""
     found: Dict[str, List[dict]] = {}
     for path in sorted(glob.glob(os.path.join(results_dir, METRICS_DIR, "*.json"))):
-        try:
-            with open(path) as f:
-                results = _check_run_results(json.load(f))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ResultsError(f"{path}: not a run results file "
-                               f"({type(error).__name__}: {error})") from None
+        results = read_run_results_file(path)
         found.setdefault(results["variant"], []).append(results)
     runs = {v: sorted(found[v], key=lambda r: r["seed"]) for v in variants if v in found}
     if not runs:
