@@ -1,7 +1,7 @@
 """The evaluation suite: the papers' protocols on one checkpoint of a run.
 
 `evaluate_run(model_dir, config)` restores E and G from a run directory and computes
-the requested metrics:
+the requested metrics of `REGISTRY` (name -> when it applies, how it is computed):
 
 - reconstruction  pixel MSE of G(mu(E(x))), images in [0, 1] (GALI Table 1), and the
                   feature MSE on a frozen classifier M when one is given (GALI-PT)
@@ -27,7 +27,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +40,6 @@ from gali_tf.evaluation import inpainting, modes, pictures, reconstruction, svm
 from gali_tf.errors import ConfigError
 from gali_tf.visualize import write_png
 
-METRICS = ("reconstruction", "svm", "fid", "inpainting", "modes", "pictures", "d_classifier")
 EVAL_DIR = "eval"
 
 
@@ -83,46 +82,296 @@ class EvalReport:
         return dataclasses.asdict(self)
 
 
-def _uses_masks(tuple_set: tuples.TupleSet) -> bool:
-    return any(node.family == "mask" for node in tuple_set.required_nodes())
+class _Run:
+    """What every metric reads: the restored run, its data, and E, G and their
+    composition as tf.functions in inference mode (z = mu(E(x)))."""
+
+    def __init__(self, restored: run_dir.RestoredRun, config: EvalConfig):
+        self.restored, self.record, self.config = restored, restored.record, config
+        self.conditional = restored.conditional
+        self.data_config = _data_config(self.record, config)
+        self.info = data_lib.dataset_info(self.data_config)
+        encoder, generator = restored.encoder, restored.generator
+        self.encoder = encoder
+        self.encode = tf.function(lambda x: encoder(x, training=False)[0])
+        self.generate = tf.function(lambda z, condition=None: generator(
+            z, training=False, condition=condition))
+        self.reconstruct = tf.function(lambda x, condition=None: generator(
+            encoder(x, training=False, condition=condition)[0], training=False,
+            condition=condition))
+        self.feature_model = None   # M of the feature MSEs, loaded by load_feature_models
+        self.fid_model = None
+        self._samples = None
+
+    def load_feature_models(self, metrics: Tuple[str, ...]) -> None:
+        """Every M the metrics need, loaded (and its flags checked) before the first
+        metric runs, so a bad --feature_model fails in seconds, not after the SVM."""
+        config, record = self.config, self.record
+        if {"reconstruction", "inpainting"} & set(metrics) and self.info.is_image:
+            self.feature_model = _feature_model(config.feature, record)
+        if "fid" in metrics:
+            self.fid_model = (features_lib.load_feature_model(config.fid)
+                              if _has_m(config.fid)
+                              else self.feature_model or _feature_model(config.feature, record))
+
+    def split_images(self) -> tf.data.Dataset:
+        """The evaluated split in order; conditional runs: (images, y), y their labels."""
+        if self.conditional:
+            return data_lib.make_conditional_dataset(
+                self.data_config, self.info, self.config.split, self.config.batch_size,
+                shuffle=False, repeat=False, drop_remainder=False)
+        return self.labelled(self.config.split, with_labels=False)
+
+    def labelled(self, split: str, with_labels: bool = True) -> tf.data.Dataset:
+        return data_lib.make_dataset(self.data_config, split, self.config.batch_size,
+                                     shuffle=False, repeat=False, with_labels=with_labels,
+                                     drop_remainder=False)
+
+    def samples(self) -> np.ndarray:
+        """G(z) for the toy's metrics, drawn once (modes and the scatter share them)."""
+        if self._samples is None:
+            self._samples = np.concatenate(list(_generated_batches(
+                self.generate, self.record.latent_dim, self.config.mode_samples, 1000,
+                self.config.seed)))
+        return self._samples
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One entry of the registry: `applies(record, info, config)` is "" when the metric
+    applies to the run, else why not (one line); `compute(run, report)` adds its
+    entries (and pictures or notes) to the report."""
+
+    applies: Callable[[run_dir.RunRecord, data_lib.DatasetInfo, EvalConfig], str]
+    compute: Callable[[_Run, EvalReport], None]
+
+
+_CONDITIONAL = "a conditional run's E and G take the label y (use trainers.generate)"
+
+
+def _applies_always(record, info, config) -> str:
+    del record, info, config
+    return ""
+
+
+def _svm_applies(record, info, config) -> str:
+    del config
+    if record.condition_dim:
+        return _CONDITIONAL
+    return ("" if info.num_classes and info.is_image
+            else f"--dataset={info.name} has no class labels for the SVM protocol")
+
+
+def _fid_applies(record, info, config) -> str:
+    if record.condition_dim:
+        return _CONDITIONAL
+    if not info.is_image:
+        return "toy data are 2-d points (use modes)"
+    network = config.fid if _has_m(config.fid) else config.feature
+    return ("" if _has_m(network) or record.feature_model else
+            "no FID network: give --fid_model (inception_v3:WEIGHTS.h5 or a "
+            "trainers.classifier export)")
+
+
+def _inpainting_applies(record, info, config) -> str:
+    del config
+    if record.condition_dim:
+        return _CONDITIONAL
+    uses_masks = any(node.family == "mask" for node in record.tuple_set.required_nodes())
+    return ("" if uses_masks and info.is_image else
+            f"--tuples={record.tuples} has no masked encoder inputs")
+
+
+def _modes_applies(record, info, config) -> str:
+    del record, config
+    return "" if info.name == "toy25" else "mode coverage needs --dataset=toy25"
+
+
+def _d_classifier_applies(record, info, config) -> str:
+    del info, config
+    return ("" if record.network.label_classes else
+            "only semi-supervised runs (--num_labeled) have a D that predicts labels")
+
+
+def _reconstruction(run: _Run, report: EvalReport) -> None:
+    """Pixel MSE of G(mu(E(x))) (GALI Table 1), the feature MSE on M (GALI-PT), and
+    what they mean (_add_reconstruction_context); the toy's point MSE (ALI Fig. 8)."""
+    if not run.info.is_image:
+        report.metrics["point_mse"] = _mse_entry(
+            reconstruction.point_mse(run.reconstruct, run.split_images()),
+            "MSE of x vs G(mu(E(x))) in data units (ALI Fig. 8)")
+        return
+    report.metrics["pixel_mse"] = _mse_entry(
+        reconstruction.pixel_mse(run.reconstruct, run.split_images()),
+        "pixel MSE of G(mu(E(x))), images in [0, 1]")
+    if run.feature_model is not None:
+        report.metrics["feature_mse"] = _mse_entry(
+            reconstruction.feature_mse(run.feature_model, run.reconstruct,
+                                       run.split_images()),
+            f"MSE of M(x) vs M(G(mu(E(x)))), M = {run.feature_model.description}")
+    if not run.conditional:
+        _add_reconstruction_context(run, report)
+
+
+def _add_reconstruction_context(run: _Run, report: EvalReport) -> None:
+    """Next to pixel MSE, what it means: the mean-image baselines, whether reconstructions
+    keep x's class, and whether E's code carries information beyond its noise."""
+    info, split = run.info, run.config.split
+    labelled = bool(info.num_classes) and not data_lib.is_multi_label(info)
+    if info.num_train:
+        baseline = reconstruction.baseline_mse(run.labelled("train", labelled),
+                                               run.labelled(split, labelled),
+                                               info.num_classes if labelled else 0)
+        report.metrics["mean_image_mse"] = {
+            "mean": baseline.mean_image,
+            "what": "pixel MSE of the mean training image (a baseline that ignores x)"}
+        if baseline.class_mean_image is not None:
+            report.metrics["class_mean_image_mse"] = {
+                "mean": baseline.class_mean_image,
+                "what": "pixel MSE of the mean training image of x's class (keeps only "
+                        "the class)"}
+    classify = _classifier_logits(run.config.feature, run.record, info) if labelled else None
+    if classify is not None:
+        agreement = reconstruction.class_agreement(classify, run.reconstruct,
+                                                   run.labelled(split))
+        report.metrics["class_agreement"] = {
+            "mean": agreement.agreement, "n": agreement.num_examples,
+            "classifier_accuracy": agreement.accuracy,
+            "what": f"share of G(mu(E(x))) classified as x's label (the classifier's "
+                    f"accuracy on x: {agreement.accuracy:.4f})"}
+    if run.encoder.stochastic:
+        encoder = run.encoder
+        snr = reconstruction.latent_snr(lambda x: encoder(x, training=False),
+                                        run.split_images())
+        report.metrics["latent_snr"] = {
+            "mean": snr.snr, "active_units": snr.active_units, "latent_dim": snr.latent_dim,
+            "what": f"mean over units of var_x(mu)/mean_x(sigma^2); {snr.active_units} of "
+                    f"{snr.latent_dim} units above 1"}
+
+
+def _svm(run: _Run, report: EvalReport) -> None:
+    """The linear-SVM protocol on E's features (ALI 4.3, GALI Table 2)."""
+    train_x, train_y = svm.encoder_features(run.encoder, run.labelled("train"))
+    test_x, test_y = svm.encoder_features(run.encoder, run.labelled(run.config.split))
+    try:
+        result = svm.svm_protocol(train_x, train_y, test_x, test_y, run.config.svm)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    report.metrics["svm_error"] = {
+        "mean": result.mean_error, "std": result.std_error, "n": result.num_test,
+        "draws": result.draws, "per_class": result.per_class,
+        "num_validation": result.num_validation, "feature_dim": result.feature_dim,
+        "chosen_c": list(result.chosen_c),
+        "what": (f"linear-SVM test error on E's features, {result.per_class} labels/class, "
+                 f"mean ± std over {result.draws} draws")}
+
+
+def _fid(run: _Run, report: EvalReport) -> None:
+    """Fréchet distance of G(z) to the split's images on the FID network (GALI Table 3)."""
+    config, fid_model = run.config, run.fid_model
+    real = run.split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
+    result = fid_lib.fid(
+        fid_model, _generated_batches(run.generate, run.record.latent_dim,
+                                      config.fid_samples, config.batch_size, config.seed),
+        real, fid_model.description)
+    report.metrics["fid"] = {
+        "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
+        "network": result.network,
+        "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
+    if features_lib.INCEPTION_PREFIX not in fid_model.description:
+        report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
+                            "it only with FIDs on the same network")
+
+
+def _inpainting(run: _Run, report: EvalReport) -> None:
+    """Hole pixel MSE (and feature MSE) of the inpainted composite (GALI Table 5)."""
+    result = inpainting.evaluate(run.reconstruct, run.split_images(), run.record.mask_fill,
+                                 seed=run.config.seed, feature_fn=run.feature_model)
+    report.metrics["inpaint_pixel_mse"] = _mse_entry(
+        result.pixel_mse, "hole pixel MSE of the composite, images in [0, 1]")
+    if result.feature_mse is not None:
+        report.metrics["inpaint_feature_mse"] = _mse_entry(
+            result.feature_mse,
+            f"composite vs original on M = {run.feature_model.description}")
+
+
+def _modes(run: _Run, report: EvalReport) -> None:
+    """25-Gaussian toy: mixture components with a sample, share within 3 std (ALI 4.5)."""
+    coverage = modes.mode_coverage(run.samples(), data_lib.TOY25_MEANS, data_lib.TOY25_STD)
+    report.metrics["modes_covered"] = {
+        "mean": coverage.modes_covered, "n": coverage.num_samples,
+        "counts": list(coverage.counts),
+        "what": f"of {coverage.num_modes} mixture components with a sample (ALI 4.5)"}
+    report.metrics["within_3std"] = {
+        "mean": coverage.within_3std, "n": coverage.num_samples,
+        "what": "share of samples within 3 std of their component's mean"}
+
+
+def _pictures(run: _Run, report: EvalReport) -> None:
+    """Samples, reconstruction pairs and latent interpolations (ALI Fig. 6); conditional
+    runs use the test images' labels as y; the toy gets a scatter over the means."""
+    config, count = run.config, run.config.num_pictures
+    if not run.info.is_image:
+        points, _ = data_lib.toy25_arrays(config.split)
+        report.pictures = {"scatter": pictures.toy_scatter(
+            run.samples(), data_lib.TOY25_MEANS, points[:5000])}
+    elif run.conditional:
+        test_images, labels = next(iter(run.split_images().unbatch().batch(count)))
+        z = tf.random.stateless_normal([int(labels.shape[0]), run.record.latent_dim],
+                                       [config.seed, 7])
+        half = max(int(labels.shape[0]) // 2, 1)
+        report.pictures = {
+            "samples": pictures.samples_grid(lambda z: run.generate(z, labels), z),
+            "reconstructions": pictures.reconstructions_grid(
+                lambda x: run.reconstruct(x, labels[:half]), test_images[:half]),
+        }
+        report.notes.append("conditional run: samples use the test images' labels as y; "
+                            "trainers.generate draws the ALI Fig. 7 grid")
+    else:
+        test_images = _first_images(run.split_images(), 2 * max(count // 8, 1) + count // 2)
+        z = tf.random.stateless_normal([count, run.record.latent_dim], [config.seed, 7])
+        rows = max(1, min(8, int(test_images.shape[0]) // 2))
+        report.pictures = {
+            "samples": pictures.samples_grid(run.generate, z),
+            "reconstructions": pictures.reconstructions_grid(
+                run.reconstruct, test_images[:count // 2]),
+            "interpolations": pictures.interpolation_grid(
+                run.encode, run.generate, test_images[:rows], test_images[rows:2 * rows]),
+        }
+
+
+def _d_classifier(run: _Run, report: EvalReport) -> None:
+    report.metrics["d_error"] = d_classifier_error(run.restored,
+                                                   run.labelled(run.config.split))
+
+
+# name -> Metric, in the order a report lists them (and the order they run).
+REGISTRY: Dict[str, Metric] = {
+    "reconstruction": Metric(_applies_always, _reconstruction),
+    "svm": Metric(_svm_applies, _svm),
+    "fid": Metric(_fid_applies, _fid),
+    "inpainting": Metric(_inpainting_applies, _inpainting),
+    "modes": Metric(_modes_applies, _modes),
+    "pictures": Metric(_applies_always, _pictures),
+    "d_classifier": Metric(_d_classifier_applies, _d_classifier),
+}
+METRICS = tuple(REGISTRY)
 
 
 def _has_m(config: features_lib.FeatureConfig) -> bool:
     return bool(config.feature_model)
 
 
-def applicable_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo, config: EvalConfig) -> Dict[str, str]:
+def applicable_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo,
+                       config: EvalConfig) -> Dict[str, str]:
     """Metric -> "" when it applies to the run, else why not (one line)."""
-    toy = not info.is_image
-    fid_network = config.fid if _has_m(config.fid) else config.feature
-    if record.condition_dim:
-        conditional = "a conditional run's E and G take the label y (use trainers.generate)"
-        return {"reconstruction": "", "pictures": "", "svm": conditional, "fid": conditional,
-                "inpainting": conditional, "d_classifier": _semi_supervised_reason(record),
-                "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25"}
-    return {
-        "reconstruction": "",
-        "svm": ("" if info.num_classes and not toy
-                else f"--dataset={info.name} has no class labels for the SVM protocol"),
-        "fid": ("toy data are 2-d points (use modes)" if toy else
-                "" if _has_m(fid_network) or record.feature_model else
-                "no FID network: give --fid_model (inception_v3:WEIGHTS.h5 or a "
-                "trainers.classifier export)"),
-        "inpainting": ("" if _uses_masks(record.tuple_set) and not toy else
-                       f"--tuples={record.tuples} has no masked encoder inputs"),
-        "modes": "" if info.name == "toy25" else "mode coverage needs --dataset=toy25",
-        "pictures": "",
-        "d_classifier": _semi_supervised_reason(record),
-    }
+    return {name: metric.applies(record, info, config) for name, metric in REGISTRY.items()}
 
 
-def _semi_supervised_reason(record: run_dir.RunRecord) -> str:
-    return ("" if record.network.label_classes else
-            "only semi-supervised runs (--num_labeled) have a D that predicts labels")
-
-
-def resolve_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo, config: EvalConfig) -> Tuple[str, ...]:
-    """The metrics to run: the requested ones (each must apply), or all that apply."""
+def resolve_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo,
+                    config: EvalConfig) -> Tuple[str, ...]:
+    """The metrics to run, in the registry's order: the requested ones (each must
+    apply), or all that apply."""
     reasons = applicable_metrics(record, info, config)
     unknown = [m for m in config.metrics if m not in METRICS]
     if unknown:
@@ -131,7 +380,8 @@ def resolve_metrics(record: run_dir.RunRecord, info: data_lib.DatasetInfo, confi
     for metric in config.metrics:
         if reasons[metric]:
             raise ConfigError(f"--metrics={metric}: {reasons[metric]}")
-    return tuple(config.metrics) or tuple(m for m in METRICS if not reasons[m])
+    return tuple(m for m in METRICS if (m in config.metrics if config.metrics
+                                        else not reasons[m]))
 
 
 def _data_config(record: run_dir.RunRecord, config: EvalConfig) -> data_lib.DataConfig:
@@ -195,200 +445,20 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     semi_supervised = bool(run_dir.require_run_record(model_dir).network.label_classes)
     restored = run_dir.restore_networks(model_dir, checkpoint,
                                         with_discriminator=semi_supervised)
-    record, encoder, generator = restored.record, restored.encoder, restored.generator
-    conditional = restored.conditional
-    data_config = _data_config(record, config)
-    info = data_lib.dataset_info(data_config)
-    metrics = resolve_metrics(record, info, config)
+    run = _Run(restored, config)
+    metrics = resolve_metrics(run.record, run.info, config)
     if config.batch_size < 1:
         raise ConfigError(f"--batch_size={config.batch_size}: expected at least 1")
-    report = EvalReport(model_dir, restored.checkpoint, restored.step, record.dataset,
-                        record.tuples, config.split)
-
-    encode = tf.function(lambda x: encoder(x, training=False)[0])
-    generate = tf.function(lambda z, condition=None: generator(z, training=False,
-                                                                condition=condition))
-    reconstruct = tf.function(lambda x, condition=None: generator(
-        encoder(x, training=False, condition=condition)[0], training=False,
-        condition=condition))
-
-    def split_images():
-        # Conditional runs: (images, y) batches, y the images' own labels.
-        if conditional:
-            return data_lib.make_conditional_dataset(
-                data_config, info, config.split, config.batch_size, shuffle=False,
-                repeat=False, drop_remainder=False)
-        return data_lib.make_dataset(data_config, config.split, config.batch_size, shuffle=False,
-                                     repeat=False, drop_remainder=False)
-
-    # Every M is loaded (and its flags checked) before the first metric runs.
-    feature_model = (_feature_model(config.feature, record)
-                     if {"reconstruction", "inpainting"} & set(metrics) and info.is_image
-                     else None)
-    fid_model = None
-    if "fid" in metrics:
-        fid_model = (features_lib.load_feature_model(config.fid) if _has_m(config.fid)
-                     else feature_model or _feature_model(config.feature, record))
-
+    run.load_feature_models(metrics)
+    report = EvalReport(model_dir, restored.checkpoint, restored.step, run.record.dataset,
+                        run.record.tuples, config.split)
     clock = _Clock(report.seconds_per_metric)
-    if "reconstruction" in metrics:
-        clock.start("reconstruction")
-        if info.is_image:
-            report.metrics["pixel_mse"] = _mse_entry(
-                reconstruction.pixel_mse(reconstruct, split_images()),
-                "pixel MSE of G(mu(E(x))), images in [0, 1]")
-            if feature_model is not None:
-                report.metrics["feature_mse"] = _mse_entry(
-                    reconstruction.feature_mse(feature_model, reconstruct, split_images()),
-                    f"MSE of M(x) vs M(G(mu(E(x)))), M = {feature_model.description}")
-            if not conditional:
-                _add_reconstruction_context(report, config, record, info, data_config,
-                                            encoder, reconstruct, split_images)
-        else:
-            report.metrics["point_mse"] = _mse_entry(
-                reconstruction.point_mse(reconstruct, split_images()),
-                "MSE of x vs G(mu(E(x))) in data units (ALI Fig. 8)")
-
-    if "svm" in metrics:
-        clock.start("svm")
-
-        def labelled(split):
-            return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
-                                         repeat=False, with_labels=True, drop_remainder=False)
-        train_x, train_y = svm.encoder_features(encoder, labelled("train"))
-        test_x, test_y = svm.encoder_features(encoder, labelled(config.split))
-        try:
-            result = svm.svm_protocol(train_x, train_y, test_x, test_y, config.svm)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        report.metrics["svm_error"] = {
-            "mean": result.mean_error, "std": result.std_error, "n": result.num_test,
-            "draws": result.draws, "per_class": result.per_class,
-            "num_validation": result.num_validation, "feature_dim": result.feature_dim,
-            "chosen_c": list(result.chosen_c),
-            "what": (f"linear-SVM test error on E's features, {result.per_class} labels/class, "
-                     f"mean ± std over {result.draws} draws")}
-
-    if "fid" in metrics:
-        clock.start("fid")
-        real = split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
-        result = fid_lib.fid(
-            fid_model, _generated_batches(generate, record.latent_dim,
-                                          config.fid_samples, config.batch_size, config.seed),
-            real, fid_model.description)
-        report.metrics["fid"] = {
-            "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
-            "network": result.network,
-            "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
-        if features_lib.INCEPTION_PREFIX not in fid_model.description:
-            report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
-                                "it only with FIDs on the same network")
-
-    if "inpainting" in metrics:
-        clock.start("inpainting")
-        result = inpainting.evaluate(reconstruct, split_images(), record.mask_fill,
-                                     seed=config.seed, feature_fn=feature_model)
-        report.metrics["inpaint_pixel_mse"] = _mse_entry(
-            result.pixel_mse, "hole pixel MSE of the composite, images in [0, 1]")
-        if result.feature_mse is not None:
-            report.metrics["inpaint_feature_mse"] = _mse_entry(
-                result.feature_mse, f"composite vs original on M = {feature_model.description}")
-
-    samples = None
-    if "modes" in metrics or ("pictures" in metrics and not info.is_image):
-        clock.start("modes" if "modes" in metrics else "pictures")
-        samples = np.concatenate(list(_generated_batches(
-            generate, record.latent_dim, config.mode_samples, 1000, config.seed)))
-    if "modes" in metrics:
-        coverage = modes.mode_coverage(samples, data_lib.TOY25_MEANS, data_lib.TOY25_STD)
-        report.metrics["modes_covered"] = {
-            "mean": coverage.modes_covered, "n": coverage.num_samples,
-            "counts": list(coverage.counts),
-            "what": f"of {coverage.num_modes} mixture components with a sample (ALI 4.5)"}
-        report.metrics["within_3std"] = {
-            "mean": coverage.within_3std, "n": coverage.num_samples,
-            "what": "share of samples within 3 std of their component's mean"}
-
-    if "pictures" in metrics and conditional and info.is_image:
-        clock.start("pictures")
-        count = config.num_pictures
-        test_images, labels = next(iter(split_images().unbatch().batch(count)))
-        z = tf.random.stateless_normal([int(labels.shape[0]), record.latent_dim],
-                                       [config.seed, 7])
-        half = max(int(labels.shape[0]) // 2, 1)
-        report.pictures = {
-            "samples": pictures.samples_grid(lambda z: generate(z, labels), z),
-            "reconstructions": pictures.reconstructions_grid(
-                lambda x: reconstruct(x, labels[:half]), test_images[:half]),
-        }
-        report.notes.append("conditional run: samples use the test images' labels as y; "
-                            "trainers.generate draws the ALI Fig. 7 grid")
-    elif "pictures" in metrics:
-        clock.start("pictures")
-        if info.is_image:
-            count = config.num_pictures
-            test_images = _first_images(split_images(), 2 * max(count // 8, 1) + count // 2)
-            z = tf.random.stateless_normal([count, record.latent_dim], [config.seed, 7])
-            rows = max(1, min(8, int(test_images.shape[0]) // 2))
-            report.pictures = {
-                "samples": pictures.samples_grid(generate, z),
-                "reconstructions": pictures.reconstructions_grid(
-                    reconstruct, test_images[:count // 2]),
-                "interpolations": pictures.interpolation_grid(
-                    encode, generate, test_images[:rows], test_images[rows:2 * rows]),
-            }
-        else:
-            points, _ = data_lib.toy25_arrays(config.split)
-            report.pictures = {"scatter": pictures.toy_scatter(samples, data_lib.TOY25_MEANS,
-                                                               points[:5000])}
-    if "d_classifier" in metrics:
-        clock.start("d_classifier")
-        report.metrics["d_error"] = d_classifier_error(
-            restored, data_lib.make_dataset(data_config, config.split, config.batch_size,
-                                            shuffle=False, repeat=False, with_labels=True,
-                                            drop_remainder=False))
+    for name in metrics:
+        clock.start(name)
+        REGISTRY[name].compute(run, report)
     clock.stop()
     report.seconds = time.time() - started
     return report
-
-
-def _add_reconstruction_context(report, config, record, info, data_config, encoder,
-                                reconstruct, split_images) -> None:
-    """Next to pixel MSE, what it means: the mean-image baselines, whether reconstructions
-    keep x's class, and whether E's code carries information beyond its noise."""
-    labelled = bool(info.num_classes) and not data_lib.is_multi_label(info)
-
-    def labelled_split(split, with_labels=True):
-        return data_lib.make_dataset(data_config, split, config.batch_size, shuffle=False,
-                                     repeat=False, with_labels=with_labels,
-                                     drop_remainder=False)
-    if info.num_train:
-        baseline = reconstruction.baseline_mse(labelled_split("train", labelled),
-                                               labelled_split(config.split, labelled),
-                                               info.num_classes if labelled else 0)
-        report.metrics["mean_image_mse"] = {
-            "mean": baseline.mean_image,
-            "what": "pixel MSE of the mean training image (a baseline that ignores x)"}
-        if baseline.class_mean_image is not None:
-            report.metrics["class_mean_image_mse"] = {
-                "mean": baseline.class_mean_image,
-                "what": "pixel MSE of the mean training image of x's class (keeps only "
-                        "the class)"}
-    classify = _classifier_logits(config.feature, record, info) if labelled else None
-    if classify is not None:
-        agreement = reconstruction.class_agreement(classify, reconstruct,
-                                                   labelled_split(config.split))
-        report.metrics["class_agreement"] = {
-            "mean": agreement.agreement, "n": agreement.num_examples,
-            "classifier_accuracy": agreement.accuracy,
-            "what": f"share of G(mu(E(x))) classified as x's label (the classifier's "
-                    f"accuracy on x: {agreement.accuracy:.4f})"}
-    if encoder.stochastic:
-        snr = reconstruction.latent_snr(lambda x: encoder(x, training=False), split_images())
-        report.metrics["latent_snr"] = {
-            "mean": snr.snr, "active_units": snr.active_units, "latent_dim": snr.latent_dim,
-            "what": f"mean over units of var_x(mu)/mean_x(sigma^2); {snr.active_units} of "
-                    f"{snr.latent_dim} units above 1"}
 
 
 def d_classifier_error(restored: run_dir.RestoredRun, dataset: tf.data.Dataset) -> dict:
