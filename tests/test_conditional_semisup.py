@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gali_tf import data, files, generation, networks, objectives, run_dir, training
+from gali_tf import (data, downstream, files, generation, networks, objectives, run_dir,
+                     training)
 from gali_tf.evaluation import suite
 from gali_tf.errors import ConfigError
 from gali_tf.model import GALIModel, ModelConfig, StepNoise, check_model_config
 from export import exporter
-from trainers import downstream
 
 SHAPE = (8, 8, 1)
 

@@ -13,10 +13,9 @@ import sys
 import pytest
 
 from export import exporter
-from gali_tf import data, files, networks, training
+from gali_tf import data, downstream, exports, files, networks, training
 from gali_tf.errors import ConfigError
 from gali_tf.model import ModelConfig
-from trainers import downstream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,7 +114,7 @@ def test_loading_an_export_killed_mid_overwrite_restores_it(encoder_dir, tmp_pat
     export_dir, encoder = _copied_export(encoder_dir, tmp_path)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid is the killed export's
-    aside = f".old-1-{exporter._host()}-{child.pid}-0123abcd"
+    aside = f".old-1-{exports.host()}-{child.pid}-0123abcd"
     os.rename(export_dir / "1", export_dir / aside)
     assert downstream.module_image_shape(encoder) == (8, 8, 1)
     assert sorted(os.listdir(export_dir)) == ["1"]

@@ -257,3 +257,23 @@ def test_a_failed_step_of_an_experiment_is_one_line(tmp_path):
         experiment._run(failing, str(tmp_path / "log"), "X seed 0 training")
     assert str(info.value) == "X seed 0 training failed (exit 2): error: --tuples=x: bad"
     assert "noise" in (tmp_path / "log").read_text()
+
+
+def test_evaluate_defaults_are_the_library_defaults():
+    """trainers.evaluate with no flag but --model_dir builds EvalConfig's defaults (its
+    flags clash with the trainer's, so it parses them in a process of its own)."""
+    script = (
+        "import dataclasses\n"
+        "from absl import flags\n"
+        "from gali_tf.evaluation import suite\n"
+        "from gali_tf.features import FeatureConfig\n"
+        "from trainers import evaluate\n"
+        "evaluate.define_flags()\n"
+        "flags.FLAGS(['evaluate', '--model_dir=RUN'])\n"
+        "library = dataclasses.replace(suite.EvalConfig(),\n"
+        "                              fid=FeatureConfig(flag_prefix='fid'))\n"
+        "print(evaluate.config_from_flags() == library)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from export import exporter
-from gali_tf import data, networks, training
+from gali_tf import data, exports, networks, training
 from gali_tf.run_dir import RestoredRun, restore_networks
 from gali_tf.errors import ConfigError
 from gali_tf.model import ModelConfig
@@ -345,12 +345,12 @@ def test_export_killed_between_its_renames_is_restored_by_the_next(run_dir, tmp_
     version = exporter.export_run(run_dir, str(export_dir))
     (export_dir / "1" / "marker").write_text("the previous export")
     # What a kill between the two renames of --overwrite leaves (owner: a dead pid here).
-    dead = f"{exporter._host()}-{_dead_pid()}"
+    dead = f"{exports.host()}-{_dead_pid()}"
     os.rename(version, export_dir / f".old-1-{dead}-0123abcd")
     (export_dir / f".tmp-1-{dead}-0123abcd" / "encoder").mkdir(parents=True)
     # Another export's temp dirs: running in this process; on another host; unowned
     # (older naming) and fresh; unowned and two hours old (dead).
-    kept = [f".tmp-1-{exporter._host()}-{os.getpid()}-89abcdef",
+    kept = [f".tmp-1-{exports.host()}-{os.getpid()}-89abcdef",
             ".tmp-1-otherhost-7-aaaaaaaa", ".tmp-1-fedcba98"]
     for name in kept + [".tmp-1-76543210"]:
         (export_dir / name).mkdir()

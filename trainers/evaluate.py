@@ -23,6 +23,9 @@ from gali_tf.errors import ConfigError
 from trainers import cli
 
 FLAGS = flags.FLAGS
+_DEFAULTS = suite.EvalConfig()
+_SVM = _DEFAULTS.svm
+_FEATURE = _DEFAULTS.feature
 
 
 @cli.define_once
@@ -31,48 +34,57 @@ def define_flags():
     trainers.main, whose flags (--model_dir, --data_dir, ...) would clash."""
     flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the run's latest).")
-    flags.DEFINE_list("metrics", [], f"Some of {', '.join(suite.METRICS)}; empty = all that apply.")
-    flags.DEFINE_enum("split", "test", ["train", "test"], "Split the metrics are computed on.")
-    flags.DEFINE_integer("batch_size", 100, "Evaluation batch size.")
-    flags.DEFINE_string("data_dir", None,
+    flags.DEFINE_list("metrics", list(_DEFAULTS.metrics),
+                      f"Some of {', '.join(suite.METRICS)}; empty = all that apply.")
+    flags.DEFINE_enum("split", _DEFAULTS.split, ["train", "test"],
+                      "Split the metrics are computed on.")
+    flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Evaluation batch size.")
+    flags.DEFINE_string("data_dir", _DEFAULTS.data_dir,
                         "TFDS data_dir holding the run's dataset (default: the run's own).")
-    flags.DEFINE_string("image_dir", None,
+    flags.DEFINE_string("image_dir", _DEFAULTS.image_dir,
                         "Image folder of a --dataset=folder run (default: the run's own).")
     for prefix, what in (("feature", "Feature MSE network M (default: the run's own M, if any)"),
                          ("fid", "FID network (default: the feature MSE network)")):
-        flags.DEFINE_string(f"{prefix}_model", "",
+        flags.DEFINE_string(f"{prefix}_model", _FEATURE.feature_model,
                             f"{what}: a SavedModel directory such as a trainers.classifier "
                             "export, or inception_v3:WEIGHTS.h5 (Keras notop weights).")
-        flags.DEFINE_string(f"{prefix}_output", "", "Named output of the network's signature.")
-        flags.DEFINE_string(f"{prefix}_signature", "serving_default", "Signature to call.")
-        flags.DEFINE_integer(f"{prefix}_image_size", 0, "Input size when the network leaves it "
-                             "open (0 = inferred; inception_v3: 299).")
-    flags.DEFINE_integer("fid_samples", 10_000, "Generated images for FID (real: the split, "
-                         "capped at this number).")
-    flags.DEFINE_integer("svm_draws", 100, "Random draws of the labelled set (papers: 100).")
-    flags.DEFINE_integer("svm_per_class", 100, "Labelled examples per class (papers: 100).")
-    flags.DEFINE_integer("svm_validation", 10_000, "Validation examples that choose C.")
-    flags.DEFINE_integer("mode_samples", 10_000, "Toy samples for mode coverage (ALI: 10,000).")
-    flags.DEFINE_integer("num_pictures", 64, "Samples in the pictures.")
-    flags.DEFINE_integer("seed", 0, "Seed of latents, SVM draws and inpainting masks.")
+        flags.DEFINE_string(f"{prefix}_output", _FEATURE.feature_output,
+                            "Named output of the network's signature.")
+        flags.DEFINE_string(f"{prefix}_signature", _FEATURE.feature_signature,
+                            "Signature to call.")
+        flags.DEFINE_integer(f"{prefix}_image_size", _FEATURE.feature_image_size,
+                             "Input size when the network leaves it open (0 = inferred; "
+                             "inception_v3: 299).")
+    flags.DEFINE_integer("fid_samples", _DEFAULTS.fid_samples, "Generated images for FID "
+                         "(real: the split, capped at this number).")
+    flags.DEFINE_integer("svm_draws", _SVM.draws, "Random draws of the labelled set (papers: 100).")
+    flags.DEFINE_integer("svm_per_class", _SVM.per_class,
+                         "Labelled examples per class (papers: 100).")
+    flags.DEFINE_integer("svm_validation", _SVM.validation_size,
+                         "Validation examples that choose C.")
+    flags.DEFINE_integer("mode_samples", _DEFAULTS.mode_samples,
+                         "Toy samples for mode coverage (ALI: 10,000).")
+    flags.DEFINE_integer("num_pictures", _DEFAULTS.num_pictures, "Samples in the pictures.")
+    flags.DEFINE_integer("seed", _DEFAULTS.seed,
+                         "Seed of latents, SVM draws and inpainting masks.")
 
 
 def _feature_config(prefix: str) -> features.FeatureConfig:
+    """--PREFIX_model, --PREFIX_output, ... as a FeatureConfig (fields feature_*)."""
     return features.FeatureConfig(
-        getattr(FLAGS, f"{prefix}_model"), getattr(FLAGS, f"{prefix}_output"),
-        getattr(FLAGS, f"{prefix}_signature"), getattr(FLAGS, f"{prefix}_image_size"),
+        **{field: getattr(FLAGS, prefix + field[len("feature"):])
+           for field in ("feature_model", "feature_output", "feature_signature",
+                         "feature_image_size")},
         flag_prefix=prefix)
 
 
 def config_from_flags() -> suite.EvalConfig:
-    return suite.EvalConfig(
-        metrics=tuple(m.strip() for m in FLAGS.metrics if m.strip()), split=FLAGS.split,
-        batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir, image_dir=FLAGS.image_dir,
+    return cli.from_flags(
+        suite.EvalConfig,
+        metrics=tuple(m.strip() for m in FLAGS.metrics if m.strip()),
         feature=_feature_config("feature"), fid=_feature_config("fid"),
-        fid_samples=FLAGS.fid_samples,
         svm=SVMConfig(per_class=FLAGS.svm_per_class, draws=FLAGS.svm_draws,
-                      validation_size=FLAGS.svm_validation, seed=FLAGS.seed),
-        mode_samples=FLAGS.mode_samples, num_pictures=FLAGS.num_pictures, seed=FLAGS.seed)
+                      validation_size=FLAGS.svm_validation, seed=FLAGS.seed))
 
 
 @cli.user_errors
