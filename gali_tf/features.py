@@ -30,6 +30,7 @@ Images are resized bilinearly to M's input size, grey images are tiled to 3 chan
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -68,13 +69,17 @@ class FeatureModel:
     def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], input_shape: Sequence[int],
                  value_range: Tuple[float, float] = (-1.0, 1.0),
                  variables: Sequence[tf.Variable] = (), input_dtype=tf.float32,
-                 description: str = "", dim: Optional[int] = None, holder=None):
+                 description: str = "", dim: Optional[int] = None, holder=None,
+                 fingerprint: str = ""):
         self._fn = fn
         self.input_shape = tuple(int(s) for s in input_shape)   # (H, W, C) M expects
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.input_dtype = tf.as_dtype(input_dtype)
         self.variables: List[tf.Variable] = list(variables)
         self.description = description or "feature model"
+        # What identifies the weights (see weights_fingerprint): two runs' feature MSEs or
+        # FIDs compare only on the same M, and a retrained classifier is another M.
+        self.fingerprint = fingerprint
         self._holder = holder   # keeps a loaded SavedModel alive (its variables)
         self.dim = int(dim) if dim is not None else self._infer_dim()
 
@@ -109,6 +114,23 @@ class FeatureModel:
 
 
 # ------------------------------------------------------------------------ loading
+
+
+def weights_fingerprint(path: str) -> str:
+    """A short SHA-256 of the weights at `path`: a file (Keras .h5) or every file of a
+    SavedModel's variables/ directory, in name order; "" when there are none."""
+    if tf.io.gfile.isdir(path):
+        files_to_hash = sorted(tf.io.gfile.glob(os.path.join(path, "variables", "*")))
+    else:
+        files_to_hash = [path] if tf.io.gfile.exists(path) else []
+    if not files_to_hash:
+        return ""
+    digest = hashlib.sha256()
+    for name in files_to_hash:
+        with tf.io.gfile.GFile(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def load_feature_model(config: FeatureConfig) -> Optional[FeatureModel]:
@@ -156,7 +178,8 @@ def _load_inception(path: str, config: FeatureConfig) -> FeatureModel:
     model.trainable = False
     return FeatureModel(lambda x: model(x, training=False), (size, size, 3), (-1.0, 1.0),
                         variables=[getattr(v, "value", v) for v in model.weights],
-                        description=flag, dim=int(model.output_shape[-1]), holder=model)
+                        description=flag, dim=int(model.output_shape[-1]), holder=model,
+                        fingerprint=weights_fingerprint(path))
 
 
 def _is_saved_model(path: str) -> bool:
@@ -250,7 +273,8 @@ def _load_saved_model(path: str, config: FeatureConfig) -> FeatureModel:
                             # The variables the signature reads (what must stay frozen).
                             variables=list(fn.variables),
                             input_dtype=input_spec.dtype,
-                            description=f"{flag} ({name}:{output})", holder=loaded)
+                            description=f"{flag} ({name}:{output})", holder=loaded,
+                            fingerprint=weights_fingerprint(path))
     except (ValueError, TypeError, tf.errors.OpError) as error:
         first = first_line(error)
         raise FeatureModelError(f"{flag}: calling signature {name} on a "

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gali_tf import classifier, data, networks, training
+from gali_tf import classifier, data, features, networks, training
 from gali_tf.evaluation import suite
 from gali_tf.evaluation.svm import SVMConfig
 from gali_tf.features import FeatureConfig
@@ -80,6 +80,10 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
     assert report.metrics["svm_error"]["draws"] == 2
     assert report.metrics["fid"]["n"] == 200 and report.metrics["fid"]["num_real"] == 200
     assert digits_classifier in report.metrics["fid"]["network"]
+    # Every metric on the classifier names its weights, so tables can tell a retrained one.
+    fingerprints = {report.metrics[m]["network_fingerprint"] for m in (
+        "feature_mse", "class_agreement", "fid", "inpaint_feature_mse")}
+    assert fingerprints == {features.weights_fingerprint(digits_classifier)}
     assert any("not InceptionV3" in note for note in report.notes)
     assert set(report.pictures) == {"samples", "reconstructions", "interpolations"}
 

@@ -334,3 +334,27 @@ def test_select_runs_keeps_the_asked_seeds_at_the_budget():
     text = tables.experiment_report(kept, title="t", command="c", invocation_minutes=0,
                                     left_out=left_out)
     assert "Left out of this table: ALI seed 1 (final step 10" in text
+
+
+def test_a_table_says_when_its_runs_used_different_networks():
+    runs = [_run_results("ALI", s, [(20, {"pixel_mse": 0.05, "fid": 30.0})]) for s in range(3)]
+    for run, fingerprint in zip(runs, ("aaaa", "aaaa", None)):
+        if fingerprint:
+            run["networks"] = {"fid": fingerprint}
+    assert tables.mixed_networks(runs) == ["fid on aaaa (2 runs), not recorded (1 run)"]
+    text = tables.experiment_report({"ALI": runs}, title="t", command="c",
+                                    invocation_minutes=0)
+    assert "computed on different networks" in text and "fid on aaaa (2 runs)" in text
+    runs[2]["networks"] = {"fid": "aaaa"}
+    assert tables.mixed_networks(runs) == []
+    assert "different networks" not in tables.experiment_report(
+        {"ALI": runs}, title="t", command="c", invocation_minutes=0)
+
+
+def test_run_results_keep_the_fingerprint_of_each_network_metric():
+    report = {"step": 20, "metrics": {"fid": {"mean": 30.0, "network_fingerprint": "ab12"},
+                                      "pixel_mse": {"mean": 0.05}}}
+    kept = tables.run_results("ALI", 0, [report], experiment="x", train_command="t",
+                              eval_command="e", commit="c", machine="m", seconds={})
+    assert kept["networks"] == {"fid": "ab12"}
+    assert kept["points"][0]["metrics"]["fid"] == {"mean": 30.0}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,21 @@ def test_classifier_export_loads_as_m(classifier_export):
     assert logits.dim == 10
     # Inference mode: the same input gives the same features (dropout off).
     np.testing.assert_allclose(m(images()).numpy(), out.numpy())
+
+
+def test_the_fingerprint_names_the_weights(classifier_export, tmp_path):
+    m = load_m(classifier_export, feature_output="features")
+    assert re.fullmatch(r"[0-9a-f]{12}", m.fingerprint)
+    assert load_m(classifier_export, feature_output="logits").fingerprint == m.fingerprint
+    # The same network with other weights (a retrained classifier) is another M.
+    copy = tmp_path / "retrained"
+    shutil.copytree(classifier_export, copy)
+    data_file = next((copy / "variables").glob("variables.data-*"))
+    weights = bytearray(data_file.read_bytes())
+    weights[-1] ^= 1
+    data_file.write_bytes(bytes(weights))
+    assert features.weights_fingerprint(str(copy)) != m.fingerprint
+    assert features.weights_fingerprint(str(tmp_path / "empty")) == ""
 
 
 @pytest.mark.parametrize("tuples", ["gali_pt", "ali_pt", "alice_pt"])

@@ -208,7 +208,8 @@ def _reconstruction(run: _Run, report: EvalReport) -> None:
         report.metrics["feature_mse"] = _mse_entry(
             reconstruction.feature_mse(run.feature_model, run.reconstruct,
                                        run.split_images()),
-            f"MSE of M(x) vs M(G(mu(E(x)))), M = {run.feature_model.description}")
+            f"MSE of M(x) vs M(G(mu(E(x)))), M = {run.feature_model.description}",
+            run.feature_model)
     if not run.conditional:
         _add_reconstruction_context(run, report)
 
@@ -237,6 +238,7 @@ def _add_reconstruction_context(run: _Run, report: EvalReport) -> None:
         report.metrics["class_agreement"] = {
             "mean": agreement.agreement, "n": agreement.num_examples,
             "classifier_accuracy": agreement.accuracy,
+            "network_fingerprint": classify.fingerprint,
             "what": f"share of G(mu(E(x))) classified as x's label (the classifier's "
                     f"accuracy on x: {agreement.accuracy:.4f})"}
     if run.encoder.stochastic:
@@ -276,7 +278,7 @@ def _fid(run: _Run, report: EvalReport) -> None:
         real, fid_model.description)
     report.metrics["fid"] = {
         "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
-        "network": result.network,
+        "network": result.network, "network_fingerprint": fid_model.fingerprint,
         "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
     if features_lib.INCEPTION_PREFIX not in fid_model.description:
         report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
@@ -292,7 +294,8 @@ def _inpainting(run: _Run, report: EvalReport) -> None:
     if result.feature_mse is not None:
         report.metrics["inpaint_feature_mse"] = _mse_entry(
             result.feature_mse,
-            f"composite vs original on M = {run.feature_model.description}")
+            f"composite vs original on M = {run.feature_model.description}",
+            run.feature_model)
 
 
 def _modes(run: _Run, report: EvalReport) -> None:
@@ -418,8 +421,12 @@ def _classifier_logits(config: features_lib.FeatureConfig, record: run_dir.RunRe
     return logits if logits.dim == info.num_classes else None
 
 
-def _mse_entry(result: reconstruction.MSEResult, what: str) -> dict:
-    return {"mean": result.mean, "std": result.std, "n": result.num_examples, "what": what}
+def _mse_entry(result: reconstruction.MSEResult, what: str,
+               network: Optional[features_lib.FeatureModel] = None) -> dict:
+    entry = {"mean": result.mean, "std": result.std, "n": result.num_examples, "what": what}
+    if network is not None:
+        entry["network_fingerprint"] = network.fingerprint
+    return entry
 
 
 def _first_images(dataset: tf.data.Dataset, count: int) -> tf.Tensor:

@@ -117,6 +117,10 @@ def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment:
         "train_seconds": round(float(seconds.get("train", 0.0)), 1),
         "eval_seconds": round(float(seconds.get("eval", 0.0)), 1),
         "notes": sorted({n for r in reports for n in r.get("notes", [])}),
+        # Metric -> the fingerprint of the network it was computed on (final point).
+        "networks": {m: e["network_fingerprint"]
+                     for m, e in (reports[-1]["metrics"] if reports else {}).items()
+                     if e.get("network_fingerprint")},
         "points": [{"step": int(r["step"]),
                     "metrics": {m: numbers(e) for m, e in r["metrics"].items()}}
                    for r in reports],
@@ -247,9 +251,31 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
         text += "\nPixel MSE of predictors that ignore the code: " + "; ".join(baselines) + ".\n"
     for note in sorted({n for r in every for n in r.get("notes", [])}):
         text += f"\nNote: {note}\n"
+    mixed = mixed_networks(every)
+    if mixed:
+        text += ("\nNote: these metrics were computed on different networks across the "
+                 "runs of this table (a classifier retrained on another machine is another "
+                 "network), so their rows compare only roughly: " + "; ".join(mixed) + ".\n")
     if left_out:
         text += "\nLeft out of this table: " + "; ".join(left_out) + ".\n"
     return text
+
+
+def mixed_networks(runs: Sequence[dict]) -> List[str]:
+    """For each network-based metric whose runs do not share one network, a line naming
+    the fingerprints and how many runs used each ("not recorded" for older files)."""
+    lines = []
+    metrics = sorted({m for r in runs for m in r.get("networks", {})})
+    for metric in metrics:
+        counts: Dict[str, int] = {}
+        for run in runs:
+            if metric in run["points"][-1]["metrics"]:
+                key = run.get("networks", {}).get(metric, "not recorded")
+                counts[key] = counts.get(key, 0) + 1
+        if len(counts) > 1:
+            lines.append(f"{metric} on " + ", ".join(
+                f"{key} ({_count(n, 'run')})" for key, n in sorted(counts.items())))
+    return lines
 
 
 def _count(n: int, noun: str) -> str:
