@@ -78,6 +78,7 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
     assert report.metrics["pixel_mse"]["n"] == data.DIGITS_NUM_TEST
     assert 0.0 <= report.metrics["svm_error"]["mean"] <= 1.0
     assert report.metrics["svm_error"]["draws"] == 2
+    assert report.metrics["svm_error"]["distinct_draws"] == 2 and "std" in report.metrics["svm_error"]
     assert report.metrics["fid"]["n"] == 200 and report.metrics["fid"]["num_real"] == 200
     assert digits_classifier in report.metrics["fid"]["network"]
     # Every metric on the classifier names its weights, so tables can tell a retrained one.
@@ -281,3 +282,14 @@ def test_evaluate_defaults_are_the_library_defaults():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_svm_draws_of_one_labelled_set_are_reported_without_a_spread(digits_run):
+    # The papers' protocol on 1,500 digits: the 10,000-example validation set leaves 100
+    # examples per class, exactly the labelled set, so every draw is the same.
+    config = suite.EvalConfig(metrics=("svm",), svm=SVMConfig(per_class=100, draws=3))
+    report = suite.evaluate_run(digits_run, config)
+    entry = report.metrics["svm_error"]
+    assert entry["draws"] == 3 and entry["distinct_draws"] == 1 and "std" not in entry
+    assert "no spread" in entry["what"]
+    assert any("all 3 draws took the same labelled set" in note for note in report.notes)

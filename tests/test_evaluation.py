@@ -358,3 +358,19 @@ def test_run_results_keep_the_fingerprint_of_each_network_metric():
                               eval_command="e", commit="c", machine="m", seconds={})
     assert kept["networks"] == {"fid": "ab12"}
     assert kept["points"][0]["metrics"]["fid"] == {"mean": 30.0}
+
+
+def test_draws_that_repeat_one_labelled_set_report_no_spread():
+    # 12 examples per class, 10 labelled per class and a validation set that takes all it
+    # may: the pool keeps exactly 10 per class, so every draw is the same labelled set.
+    train_x, train_y = _separable(12)
+    test_x, test_y = _separable(5, seed=1)
+    result = svm.svm_protocol(train_x, train_y, test_x, test_y,
+                              svm.SVMConfig(per_class=10, draws=4, validation_size=1000))
+    assert result.draws == 4 and result.distinct_draws == 1
+    assert result.std_error is None and "no spread" in str(result)
+    # With room in the pool the draws differ, and the spread is measured.
+    train_x, train_y = _separable(40)
+    result = svm.svm_protocol(train_x, train_y, test_x, test_y,
+                              svm.SVMConfig(per_class=10, draws=4, validation_size=30))
+    assert result.distinct_draws == 4 and result.std_error is not None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -51,18 +51,23 @@ class SVMConfig:
 @dataclasses.dataclass(frozen=True)
 class SVMResult:
     mean_error: float            # test misclassification rate, mean over draws
-    std_error: float             # its std over draws (the papers' "±")
+    # Its std over draws (the papers' "±"); None when every draw took the same labelled
+    # set (a split too small for the protocol): no spread was measured.
+    std_error: Optional[float]
     draws: int
     per_class: int
     num_validation: int
     num_test: int
     feature_dim: int
     chosen_c: Tuple[float, ...]  # the validation-selected C of every draw
+    distinct_draws: int = 0      # how many different labelled sets the draws took
 
     def __str__(self) -> str:
-        return (f"{100 * self.mean_error:.2f} ± {100 * self.std_error:.2f} % "
-                f"({self.draws} draws of {self.per_class}/class, {self.feature_dim}-d features, "
-                f"{self.num_test} test examples)")
+        spread = (f" ± {100 * self.std_error:.2f}" if self.std_error is not None
+                  else " (no spread: every draw took the same labelled set)")
+        return (f"{100 * self.mean_error:.2f}{spread} % ({self.draws} draws, "
+                f"{self.distinct_draws} distinct, of {self.per_class}/class, "
+                f"{self.feature_dim}-d features, {self.num_test} test examples)")
 
 
 def encoder_features(encoder, dataset: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:
@@ -156,28 +161,43 @@ def svm_protocol(train_features: np.ndarray, train_labels: np.ndarray,
                  test_features: np.ndarray, test_labels: np.ndarray,
                  config: SVMConfig = SVMConfig()) -> SVMResult:
     """Mean ± std test misclassification of validation-tuned linear SVMs over draws."""
-    from sklearn.exceptions import ConvergenceWarning
-
     if config.draws < 1 or config.per_class < 1:
         raise ValueError(f"--svm_draws={config.draws}, --svm_per_class={config.per_class}: "
                          "expected at least 1")
     rng = np.random.RandomState(config.seed)
     validation = validation_indices(train_labels, config.per_class, config.validation_size, rng)
     pool = np.setdiff1d(np.arange(len(train_labels)), validation)
+    # A draw that repeats an earlier labelled set has its result (the fit is
+    # deterministic); when the pool holds only `per_class` examples of every class, all
+    # draws are one, and their spread is not a measurement.
+    outcome_of: Dict[Tuple[int, ...], Tuple[float, float]] = {}
     errors, chosen = [], []
     for _ in range(config.draws):
         labelled = draw_labelled(train_labels, pool, config.per_class, rng)
-        with warnings.catch_warnings():
-            # A large C may stop at max_iter; it is then judged on validation like the rest.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            project, svm, c = _fit_and_select(
-                train_features[labelled], train_labels[labelled],
-                train_features[validation], train_labels[validation],
-                config.c_grid, config.max_iter)
-        predictions = svm.predict(project(test_features))
-        errors.append(float(np.mean(predictions != test_labels)))
-        chosen.append(float(c))
-    num_validation = len(validation)
-    return SVMResult(float(np.mean(errors)), float(np.std(errors)), config.draws,
-                     config.per_class, num_validation, len(test_labels),
-                     int(train_features.shape[1]), tuple(chosen))
+        key = tuple(np.sort(labelled))
+        if key not in outcome_of:
+            outcome_of[key] = _test_error(train_features, train_labels, labelled, validation,
+                                          test_features, test_labels, config)
+        error, c = outcome_of[key]
+        errors.append(error)
+        chosen.append(c)
+    distinct = len(outcome_of)
+    return SVMResult(float(np.mean(errors)), float(np.std(errors)) if distinct > 1 else None,
+                     config.draws, config.per_class, len(validation), len(test_labels),
+                     int(train_features.shape[1]), tuple(chosen), distinct)
+
+
+def _test_error(train_features, train_labels, labelled, validation, test_features,
+                test_labels, config: SVMConfig) -> Tuple[float, float]:
+    """(test error, chosen C) of the SVM of one labelled draw."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        # A large C may stop at max_iter; it is then judged on validation like the rest.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        project, svm, c = _fit_and_select(
+            train_features[labelled], train_labels[labelled],
+            train_features[validation], train_labels[validation],
+            config.c_grid, config.max_iter)
+    predictions = svm.predict(project(test_features))
+    return float(np.mean(predictions != test_labels)), float(c)
