@@ -439,7 +439,9 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
             fit = model.fit(train_ds, epochs=epochs,
                             initial_epoch=start_step // steps_per_epoch,
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                            verbose=config.verbose)
+                            # The dataset shuffles itself (seeded, resumable); Keras
+                            # would only warn that it ignores its own shuffle.
+                            shuffle=False, verbose=config.verbose)
         history = {k: float(v[-1]) for k, v in fit.history.items()}
     elif config.verbose:
         print(f"{config.model_dir}: already trained to step {start_step} "

@@ -63,3 +63,33 @@ def test_a_config_of_the_readme_trains_into_its_own_run(root):
     done = _run(root, "python -m trainers.main --flagfile=configs/digits_ali.flags", *TINY,
                 "--steps=2")
     assert "runs/digits_ali: step 2" in done.stdout
+
+
+def test_tools_keep_tensorflow_start_up_lines_off_the_screen(tmp_path):
+    """A bad command prints its one error line and nothing else: not the screenful of
+    C++ log lines `import tensorflow` writes; TF_CPP_MIN_LOG_LEVEL=0 brings them back."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for module in ("trainers.evaluate", "export.main"):
+        done = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2
+        assert done.stderr.startswith("error: --model_dir is required"), done.stderr[-2000:]
+        assert len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
+    loud = subprocess.run([sys.executable, "-m", "trainers.evaluate"], cwd=tmp_path,
+                          env=dict(env, TF_CPP_MIN_LOG_LEVEL="0"), capture_output=True,
+                          text=True, timeout=300)
+    assert "absl::InitializeLog" in loud.stderr and loud.returncode == 2
+
+
+def test_the_start_up_filter_keeps_everything_but_tensorflow_log_lines():
+    from trainers import startup
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written "
+            "to STDERR\n"
+            "I0000 00:00:1796226498.031750   13842 port.cc:153] oneDNN custom operations\n"
+            "E0000 00:00:1796226509.251038   13910 cuda_platform.cc:52] failed call to cuInit\n"
+            "To enable the following instructions: AVX2 FMA, in other operations, rebuild\n"
+            "/x.py:3: DeprecationWarning: something the user should see\n"
+            "ImportError: libcudnn.so.9: cannot open shared object file\n")
+    assert startup.without_start_up_lines(text) == (
+        "/x.py:3: DeprecationWarning: something the user should see\n"
+        "ImportError: libcudnn.so.9: cannot open shared object file\n")
