@@ -11,7 +11,9 @@ import functools
 import math
 import os
 import signal
+import sys
 import threading
+import time
 
 import keras
 import tensorflow as tf
@@ -65,6 +67,72 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.step.numpy()) >= self.total_steps:
             self.model.stop_training = True
+
+
+def progress_line(step: int, total: int, images_per_second: float, eta_seconds: float,
+                  losses: dict, width: int = 20) -> str:
+    """`step 450/3000 [===>                ]  15% 1043 images/s ETA 4:03 d_loss 1.234 ...`"""
+    done = min(max(step / max(total, 1), 0.0), 1.0)
+    bar = "=" * int(done * width)
+    bar = (bar[:-1] + ">" if bar and done < 1.0 else bar).ljust(width)
+    eta = ("--:--" if not math.isfinite(eta_seconds) else
+           f"{int(eta_seconds) // 3600}:{int(eta_seconds) % 3600 // 60:02d}:"
+           f"{int(eta_seconds) % 60:02d}" if eta_seconds >= 3600 else
+           f"{int(eta_seconds) // 60}:{int(eta_seconds) % 60:02d}")
+    text = (f"step {step}/{total} [{bar}] {100 * done:3.0f}% "
+            f"{images_per_second:.0f} images/s ETA {eta}")
+    return text + "".join(f" {name} {value:.4g}" for name, value in losses.items())
+
+
+class RunProgress(keras.callbacks.Callback):
+    """One progress display over the run's total steps (not Keras' bar per epoch): the
+    step of the total, images/s since this session started, the ETA and the latest
+    losses. On a terminal the line is redrawn in place (at most twice a second);
+    otherwise (a log file, `--verbose=2`) a line is printed every 5% of the run."""
+
+    LOSSES = ("d_loss", "g_loss")
+
+    def __init__(self, batch_size: int, live: bool, stream=None):
+        super().__init__()
+        self.batch_size, self.live = batch_size, live
+        self.stream = stream or sys.stdout
+        self._started = self._start_step = self._last_draw = None
+        self._next_line = 0
+
+    def on_train_begin(self, logs=None):
+        self._start_step = int(self.model.step.numpy())
+        self._started = self._last_draw = time.monotonic()
+        every = max(self.model.total_steps // 20, 1)
+        self._next_line = (self._start_step // every + 1) * every
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, total = int(self.model.step.numpy()), self.model.total_steps
+        now = time.monotonic()
+        last = step >= total
+        if self.live:
+            if not last and now - self._last_draw < 0.5:
+                return
+            self._last_draw = now
+        elif not last and step < self._next_line:
+            return
+        else:
+            every = max(total // 20, 1)
+            self._next_line = (step // every + 1) * every
+        steps = step - self._start_step
+        seconds = max(now - self._started, 1e-9)
+        eta = (total - step) * seconds / steps if steps > 0 else math.inf
+        losses = {k: float(logs[k]) for k in self.LOSSES if logs and k in logs}
+        line = progress_line(step, total, steps * self.batch_size / seconds, eta, losses)
+        if self.live:
+            self.stream.write("\r" + line + ("\n" if last else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def on_train_end(self, logs=None):
+        if self.live and int(self.model.step.numpy()) < self.model.total_steps:
+            self.stream.write("\n")   # stopped early (SIGTERM): end the redrawn line
+            self.stream.flush()
 
 
 class ScalarSummaries(keras.callbacks.Callback):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -422,6 +423,10 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
         saver,
         preemption,
     ]
+    if config.verbose and chief:
+        # verbose=1: redrawn in place on a terminal; 2 (or a log file): a line per 5%.
+        callbacks.append(callbacks_lib.RunProgress(
+            config.batch_size, live=config.verbose == 1 and sys.stdout.isatty()))
     if info.is_image and config.image_every > 0 and chief:
         callbacks.append(callbacks_lib.ImageSummaries(writer, config.image_every,
                                                       test_ds or train_ds))
@@ -441,7 +446,7 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
                             steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                             # The dataset shuffles itself (seeded, resumable); Keras
                             # would only warn that it ignores its own shuffle.
-                            shuffle=False, verbose=config.verbose)
+                            shuffle=False, verbose=0)   # RunProgress shows progress
         history = {k: float(v[-1]) for k, v in fit.history.items()}
     elif config.verbose:
         print(f"{config.model_dir}: already trained to step {start_step} "

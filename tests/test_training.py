@@ -39,6 +39,28 @@ def test_resume_continues_the_step_count(tmp_path):
     assert os.path.basename(tf.train.latest_checkpoint(tmp_path / "checkpoints")) == "ckpt-5"
 
 
+def test_progress_is_one_display_over_the_run_s_total_steps(tmp_path, capsys):
+    training.train(dataclasses.replace(tiny_config(tmp_path, steps=4), verbose=2))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    # A line per 5% of 4 steps (every step here), each over the total, not per epoch.
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "images/s ETA" in lines[0] and " d_loss " in lines[0] and " g_loss " in lines[0]
+    assert lines[-1].startswith("step 4/4 [====================] 100% ")
+    # A resumed run starts at its step.
+    training.train(dataclasses.replace(tiny_config(tmp_path, steps=6), verbose=2))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["5/6", "6/6"]
+
+
+def test_the_progress_line_shows_step_rate_eta_and_losses():
+    from gali_tf.callbacks import progress_line
+    assert progress_line(450, 3000, 1043.4, 243.0, {"d_loss": 1.23456, "g_loss": 2.5}) == (
+        "step 450/3000 [==>                 ]  15% 1043 images/s ETA 4:03 "
+        "d_loss 1.235 g_loss 2.5")
+    assert "ETA 1:02:03" in progress_line(1, 2, 1.0, 3723.0, {})
+    assert "ETA --:--" in progress_line(0, 2, 0.0, float("inf"), {})
+
+
 def _tags(model_dir):
     tags = set()
     for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):

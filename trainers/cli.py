@@ -16,6 +16,7 @@ from absl import app, flags
 
 from gali_tf import data, run_dir
 from gali_tf.errors import InputError
+from trainers import startup
 
 USAGE_ERROR_EXIT_CODE = 2
 
@@ -84,5 +85,9 @@ def user_errors(main: Callable[[List[str]], None]) -> Callable[[List[str]], None
 
 
 def run(main: Callable[[List[str]], None]) -> None:
-    """app.run(main) with one-line errors for bad flags; `main` is @user_errors."""
-    app.run(main, flags_parser=parse_flags)
+    """app.run(main) with one-line errors for bad flags and without TensorFlow's INFO
+    log lines (trainers.startup); `main` is @user_errors."""
+    def quiet_main(argv):
+        startup.quiet_info_logging()
+        return main(argv)
+    app.run(quiet_main, flags_parser=parse_flags)

@@ -131,7 +131,8 @@ def define_flags():
                       "Resume a run with training flags other than those it was trained with "
                       "(e.g. a lower --learning_rate); MODEL_DIR/flags_history.jsonl records it.")
     flags.DEFINE_integer("verbose", _RUN.verbose,
-                         "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
+                         "Progress over the run's total steps: 0 silent, 1 a bar redrawn in "
+                         "place on a terminal (a line per 5% otherwise), 2 a line per 5%.")
 
 
 FLAGS = flags.FLAGS
