@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -135,19 +136,27 @@ class RunProgress(keras.callbacks.Callback):
             self.stream.flush()
 
 
-class ScalarSummaries(keras.callbacks.Callback):
-    """Writes the step's metrics (running means over the epoch) to TensorBoard."""
+def probability_tags(tuple_set) -> dict:
+    """The train_step's log key of each tuple class's mean D probability (p1..pn) ->
+    its TensorBoard tag, named by the class: `p/x,E(x)`, `p/G(z),z`, ..."""
+    return {f"p{c + 1}": "p/" + ",".join(node.name for node in tuple_class)
+            for c, tuple_class in enumerate(tuple_set.classes)}
 
-    def __init__(self, writer, every: int):
+
+class ScalarSummaries(keras.callbacks.Callback):
+    """Writes the step's metrics (running means over the epoch) to TensorBoard, under
+    `train/<name>`; `tags` renames some (the class probabilities, probability_tags)."""
+
+    def __init__(self, writer, every: int, tags: Optional[dict] = None):
         super().__init__()
-        self.writer, self.every = writer, max(every, 1)
+        self.writer, self.every, self.tags = writer, max(every, 1), tags or {}
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.step.numpy())
         if step % self.every == 0 or step >= self.model.total_steps:
             with self.writer.as_default(step=step):
                 for name, value in (logs or {}).items():
-                    tf.summary.scalar(f"train/{name}", float(value))
+                    tf.summary.scalar(f"train/{self.tags.get(name, name)}", float(value))
 
 
 class CheckpointEvery(keras.callbacks.Callback):

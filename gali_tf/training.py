@@ -419,7 +419,8 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
         # First: a diverged step must stop the run before any callback saves or logs it.
         callbacks_lib.StopOnDivergence(manager),
         callbacks_lib.StopAtStep(model.total_steps),
-        callbacks_lib.ScalarSummaries(writer, config.log_every),
+        callbacks_lib.ScalarSummaries(writer, config.log_every,
+                                      callbacks_lib.probability_tags(model.tuple_set)),
         saver,
         preemption,
     ]

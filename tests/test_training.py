@@ -80,8 +80,11 @@ def test_trainer_from_flagfile_writes_flags_events_and_checkpoints(tmp_path):
     assert "--tuples=gali4" in flags_text and "--steps=2" in flags_text
     assert tf.train.latest_checkpoint(model_dir / "checkpoints").endswith("ckpt-2")
     tags = _tags(model_dir)
-    assert {"train/d_loss", "train/g_loss", "train/p1", "train/p4", "samples",
-            "reconstructions", "test/pixel_mse"} <= tags
+    # Each class's mean D probability is named by its tuple class.
+    assert {"train/d_loss", "train/g_loss", "train/p/x,E(x)", "train/p/x,E(G(E(x)))",
+            "train/p/G(z),z", "train/p/G(E(G(z))),z", "samples", "reconstructions",
+            "test/pixel_mse"} <= tags
+    assert not any(tag.startswith("train/p1") for tag in tags)
     # flags.txt is itself a flagfile: running it again with more steps resumes.
     again = subprocess.run([sys.executable, "-m", "trainers.main", f"--flagfile={model_dir}/flags.txt",
                             "--steps=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
