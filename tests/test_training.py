@@ -181,3 +181,20 @@ def test_trainer_defaults_are_the_library_defaults(trainer_flags):
     library = training.TrainConfig(model_dir=config.model_dir)
     assert config == library
     assert config.model_dir == "runs/digits_gali4" and config.network.width == 16
+
+
+def test_the_python_api_trains_and_restores_a_run(tmp_path):
+    import gali_tf
+    assert gali_tf.train is training.train and gali_tf.ModelConfig is ModelConfig
+    result = gali_tf.train(gali_tf.TrainConfig(
+        model_dir=str(tmp_path / "notebook"), data=gali_tf.DataConfig(dataset="digits",
+                                                                      image_size=8),
+        network=gali_tf.NetworkConfig(arch="small", latent_dim=3, width=4),
+        model=gali_tf.ModelConfig(tuples="gali4"), batch_size=50, steps=2, verbose=0,
+        jit_compile=False, image_every=0))
+    assert result.step == 2 and result.test_pixel_mse is not None
+    run = gali_tf.restore(str(tmp_path / "notebook"))
+    assert run.step == 2 and run.record.tuples == "gali4"
+    assert run.generator(tf.zeros([1, 3]), training=False).shape == (1, 8, 8, 1)
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        gali_tf.trian  # pylint: disable=pointless-statement
