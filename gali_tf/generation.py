@@ -121,7 +121,7 @@ def generate_run(opts: GenerateOptions) -> GenerateResult:
     tf.io.gfile.makedirs(opts.out)
     grid = visualize.image_grid(images, columns=opts.columns)
     grid_path = os.path.join(opts.out, "grid.png")
-    visualize.write_png(grid, grid_path)
+    visualize.write_png(grid, grid_path, image_size=int(images.shape[1]))
     with tf.io.gfile.GFile(os.path.join(opts.out, "rows.json"), "w") as f:
         f.write(json.dumps({"model_dir": opts.model_dir, "checkpoint": run.checkpoint,
                             "z_seed": opts.z_seed, "columns": opts.columns,

@@ -145,7 +145,7 @@ def inpaint_run(opts: InpaintOptions):
     for name, image in zip(names, visualize.to_uint8(composite).numpy()):
         tf.io.write_file(os.path.join(opts.out, f"{name}.png"), tf.io.encode_png(image))
     visualize.write_png(inpainting.triplet_grid(images, masked, composite),
-                        os.path.join(opts.out, "grid.png"))
+                        os.path.join(opts.out, "grid.png"), image_size=int(images.shape[1]))
     print(f"{opts.out}: {len(names)} inpainted images and grid.png "
           f"(columns: original, masked input, inpainted; {run.checkpoint})")
     if not opts.metrics:

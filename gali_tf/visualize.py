@@ -32,9 +32,24 @@ def pairs_grid(originals: tf.Tensor, reconstructions: tf.Tensor, columns: int = 
     return image_grid(tf.reshape(pairs, [-1, *originals.shape[1:]]), columns=2 * columns)
 
 
-def write_png(grid: tf.Tensor, path: str) -> None:
-    """Writes a [1, H, W, C] grid in [0, 1] as a PNG file."""
+# A grid's images are written at least this many pixels high: a 16x16 digit shown at 1x
+# is 16 pixels on screen.
+DISPLAY_SIZE = 64
+
+
+def display_scale(image_size: int) -> int:
+    """The integer upscaling that shows images of `image_size` pixels at DISPLAY_SIZE."""
+    return max(1, DISPLAY_SIZE // max(int(image_size), 1))
+
+
+def write_png(grid: tf.Tensor, path: str, image_size: int = 0) -> None:
+    """Writes a [1, H, W, C] grid in [0, 1] as a PNG file; a grid of `image_size`-pixel
+    images is upscaled (nearest neighbour, so every pixel stays a sharp square) by
+    display_scale(image_size) (0: as it is)."""
     pixels = tf.cast(tf.round(grid[0] * 255.0), tf.uint8)
+    scale = display_scale(image_size) if image_size else 1
+    if scale > 1:
+        pixels = tf.repeat(tf.repeat(pixels, scale, axis=0), scale, axis=1)
     tf.io.write_file(path, tf.io.encode_png(pixels))
 
 

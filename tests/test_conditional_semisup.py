@@ -271,13 +271,13 @@ def test_generate_writes_a_grid_of_classes_by_columns(conditional_run, tmp_path)
         z_seed=2))
     assert result.grid_shape == (3 * 8, 5 * 8, 1)
     png = tf.io.decode_png(tf.io.read_file(os.path.join(tmp_path, "grid.png")))
-    assert tuple(png.shape) == (24, 40, 1)
+    assert tuple(png.shape) == (24 * 8, 40 * 8, 1)   # 8x8 images shown at 64x64
     assert json.load(open(tmp_path / "rows.json"))["rows"] == ["class 3", "class 7", "class 1"]
     # Each column keeps one z: row 0 of two calls with the same seed is the same.
     again = generation.generate_run(generation.GenerateOptions(
         model_dir=conditional_run, out=str(tmp_path / "b"), classes=["3"], columns=5, z_seed=2))
     np.testing.assert_array_equal(
-        png[:8], tf.io.decode_png(tf.io.read_file(again.grid_path)))
+        png[:8 * 8], tf.io.decode_png(tf.io.read_file(again.grid_path)))
 
 
 @pytest.mark.parametrize("options, match", [

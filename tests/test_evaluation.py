@@ -374,3 +374,17 @@ def test_draws_that_repeat_one_labelled_set_report_no_spread():
     result = svm.svm_protocol(train_x, train_y, test_x, test_y,
                               svm.SVMConfig(per_class=10, draws=4, validation_size=30))
     assert result.distinct_draws == 4 and result.std_error is not None
+
+
+def test_png_grids_show_small_images_at_a_readable_size(tmp_path):
+    from gali_tf import visualize
+    images = tf.random.stateless_uniform([4, 16, 16, 1], [0, 1], minval=-1.0, maxval=1.0)
+    grid = visualize.image_grid(images, columns=2)
+    visualize.write_png(grid, str(tmp_path / "digits.png"), image_size=16)
+    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "digits.png"))).numpy()
+    assert png.shape == (2 * 64, 2 * 64, 1)
+    # Nearest neighbour: each pixel becomes a 4x4 square of its own value.
+    at_1x = tf.cast(tf.round(grid[0] * 255.0), tf.uint8).numpy()
+    np.testing.assert_array_equal(png[::4, ::4], at_1x)
+    np.testing.assert_array_equal(png[3::4, 3::4], at_1x)
+    assert visualize.display_scale(64) == 1 and visualize.display_scale(28) == 2

@@ -88,7 +88,7 @@ def test_tool_on_dataset_images_writes_grid_and_metrics(run_dir, tmp_path, capsy
     files = sorted(os.listdir(out))
     assert "grid.png" in files and len(files) == 6
     grid = tf.io.decode_png(tf.io.read_file(str(out / "grid.png")))
-    assert grid.shape == (5 * 8, 3 * 8, 1)
+    assert grid.shape == (5 * 64, 3 * 64, 1)   # 8x8 images shown at 64x64
     assert "inpainting pixel MSE (hole, images in [0, 1]): " in capsys.readouterr().out
     assert 0 < result.pixel_mse.mean < 1
 

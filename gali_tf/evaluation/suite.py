@@ -77,6 +77,7 @@ class EvalReport:
     notes: List[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     seconds_per_metric: Dict[str, float] = dataclasses.field(default_factory=dict)
+    image_size: int = 0   # the run's image height: how much the PNGs are upscaled
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -470,7 +471,8 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
         raise ConfigError(f"--batch_size={config.batch_size}: expected at least 1")
     run.load_feature_models(metrics)
     report = EvalReport(model_dir, restored.checkpoint, restored.step, run.record.dataset,
-                        run.record.tuples, config.split)
+                        run.record.tuples, config.split,
+                        image_size=run.record.example_shape[0] if run.info.is_image else 0)
     clock = _Clock(report.seconds_per_metric)
     for name in metrics:
         clock.start(name)
@@ -572,7 +574,7 @@ def write_report(report: EvalReport) -> Tuple[str, str]:
     for name, image in report.pictures.items():
         if not isinstance(image, str):
             path = os.path.join(picture_dir, f"{name}.png")
-            write_png(image, path)
+            write_png(image, path, image_size=report.image_size)
             image = os.path.relpath(path, eval_dir)
         paths[name] = image
     report.pictures = paths
