@@ -288,7 +288,12 @@ def test_svm_draws_of_one_labelled_set_are_reported_without_a_spread(digits_run)
     # The papers' protocol on 1,500 digits: the 10,000-example validation set leaves 100
     # examples per class, exactly the labelled set, so every draw is the same.
     config = suite.EvalConfig(metrics=("svm",), svm=SVMConfig(per_class=100, draws=3))
-    report = suite.evaluate_run(digits_run, config)
+    lines = []
+    report = suite.evaluate_run(digits_run, config, progress=lines.append)
+    # A long protocol shows its progress: each metric and each draw.
+    assert lines[0] == "[1/1] svm ..." and lines[-1].startswith("[1/1] svm: ")
+    assert [line.split(":")[0] for line in lines[1:-1]] == [
+        "  svm draw 1/3", "  svm draw 2/3", "  svm draw 3/3"]
     entry = report.metrics["svm_error"]
     assert entry["draws"] == 3 and entry["distinct_draws"] == 1 and "std" not in entry
     assert "no spread" in entry["what"]

@@ -96,7 +96,8 @@ def main(argv):
                  "mode_samples", "num_pictures"):
         if getattr(FLAGS, name) < 1:
             raise ConfigError(f"--{name}={getattr(FLAGS, name)}: expected at least 1")
-    report = suite.evaluate_run(FLAGS.model_dir, config_from_flags(), FLAGS.checkpoint)
+    report = suite.evaluate_run(FLAGS.model_dir, config_from_flags(), FLAGS.checkpoint,
+                                progress=lambda line: print(line, flush=True))
     json_path, markdown_path = suite.write_report(report)
     with open(markdown_path) as f:
         print(f.read())

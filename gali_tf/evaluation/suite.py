@@ -100,6 +100,7 @@ class _Run:
         self.reconstruct = tf.function(lambda x, condition=None: generator(
             encoder(x, training=False, condition=condition)[0], training=False,
             condition=condition))
+        self.progress: Callable[[str], None] = lambda line: None
         self.feature_model = None   # M of the feature MSEs, loaded by load_feature_models
         self.fid_model = None
         self._samples = None
@@ -257,7 +258,8 @@ def _svm(run: _Run, report: EvalReport) -> None:
     train_x, train_y = svm.encoder_features(run.encoder, run.labelled("train"))
     test_x, test_y = svm.encoder_features(run.encoder, run.labelled(run.config.split))
     try:
-        result = svm.svm_protocol(train_x, train_y, test_x, test_y, run.config.svm)
+        result = svm.svm_protocol(train_x, train_y, test_x, test_y, run.config.svm,
+                                  progress=run.progress)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     entry = {
@@ -458,8 +460,11 @@ def _generated_batches(generate, latent_dim: int, total: int, batch_size: int, s
 
 
 def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
-                 checkpoint: Optional[str] = None) -> EvalReport:
-    """Computes the metrics of one checkpoint (default: the latest) of a run."""
+                 checkpoint: Optional[str] = None,
+                 progress: Optional[Callable[[str], None]] = None) -> EvalReport:
+    """Computes the metrics of one checkpoint (default: the latest) of a run;
+    `progress` (e.g. print) is told when each metric starts and how long it took, and
+    each SVM draw, so a user of a long protocol sees it move."""
     started = time.time()
     # Semi-supervised runs: D too, for d_classifier.
     semi_supervised = bool(run_dir.require_run_record(model_dir).network.label_classes)
@@ -473,11 +478,14 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     report = EvalReport(model_dir, restored.checkpoint, restored.step, run.record.dataset,
                         run.record.tuples, config.split,
                         image_size=run.record.example_shape[0] if run.info.is_image else 0)
-    clock = _Clock(report.seconds_per_metric)
-    for name in metrics:
-        clock.start(name)
+    run.progress = progress or (lambda line: None)
+    for index, name in enumerate(metrics):
+        run.progress(f"[{index + 1}/{len(metrics)}] {name} ...")
+        metric_started = time.time()
         REGISTRY[name].compute(run, report)
-    clock.stop()
+        report.seconds_per_metric[name] = time.time() - metric_started
+        run.progress(f"[{index + 1}/{len(metrics)}] {name}: "
+                     f"{report.seconds_per_metric[name]:.0f} s")
     report.seconds = time.time() - started
     return report
 
@@ -513,22 +521,6 @@ def d_classifier_error(restored: run_dir.RestoredRun, dataset: tf.data.Dataset) 
     return {"mean": wrong / max(total, 1), "n": total,
             "what": f"test misclassification of semi-supervised D's {num_labels}-way "
                     f"prediction on (x, mu(E(x))), {record.num_labeled} labels (ALI 4.3)"}
-
-
-class _Clock:
-    """Wall seconds of consecutive phases, into `out` (name -> seconds)."""
-
-    def __init__(self, out: Dict[str, float]):
-        self.out, self.name, self.started = out, None, 0.0
-
-    def start(self, name: str) -> None:
-        self.stop()
-        self.name, self.started = name, time.time()
-
-    def stop(self) -> None:
-        if self.name is not None:
-            self.out[self.name] = self.out.get(self.name, 0.0) + time.time() - self.started
-            self.name = None
 
 
 def report_markdown(report: EvalReport) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -159,8 +159,10 @@ def _fit_and_select(x_lab, y_lab, x_val, y_val, c_grid: Sequence[float], max_ite
 
 def svm_protocol(train_features: np.ndarray, train_labels: np.ndarray,
                  test_features: np.ndarray, test_labels: np.ndarray,
-                 config: SVMConfig = SVMConfig()) -> SVMResult:
-    """Mean ± std test misclassification of validation-tuned linear SVMs over draws."""
+                 config: SVMConfig = SVMConfig(),
+                 progress: Optional[Callable[[str], None]] = None) -> SVMResult:
+    """Mean ± std test misclassification of validation-tuned linear SVMs over draws;
+    `progress` is told each draw's test error as it comes."""
     if config.draws < 1 or config.per_class < 1:
         raise ValueError(f"--svm_draws={config.draws}, --svm_per_class={config.per_class}: "
                          "expected at least 1")
@@ -181,6 +183,9 @@ def svm_protocol(train_features: np.ndarray, train_labels: np.ndarray,
         error, c = outcome_of[key]
         errors.append(error)
         chosen.append(c)
+        if progress is not None:
+            progress(f"  svm draw {len(errors)}/{config.draws}: test error "
+                     f"{100 * error:.2f}% (C={c:g}, {len(outcome_of)} distinct so far)")
     distinct = len(outcome_of)
     return SVMResult(float(np.mean(errors)), float(np.std(errors)) if distinct > 1 else None,
                      config.draws, config.per_class, len(validation), len(test_labels),
