@@ -164,13 +164,16 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     config = tmp_path / "toy.flags"
     config.write_text(
         "--variants=ALI:configs/toy25_ali.flags\n--seeds=1\n--steps=4\n--eval_points=2\n"
-        "--train_flags=--verbose=0,--mlp_hidden=8,--jit_compile=false\n"
+        "--train_flags=--verbose=2,--mlp_hidden=8,--jit_compile=false\n"
         "--metrics=modes\n--eval_flags=--mode_samples=500\n--title=tiny toy\n")
     out, results = tmp_path / "out", tmp_path / "results"
     command = [sys.executable, "-m", "trainers.experiment", f"--config={config}", f"--out={out}",
                f"--results={results}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The children's progress reaches the experiment's screen.
+    assert "  ALI seed 0 training: step 4/4 [====================] 100% " in done.stdout
+    assert "  ALI seed 0 evaluation at step 4: [1/1] modes: " in done.stdout
     table = (results / "table.md").read_text()
     assert "## tiny toy" in table and f"--config={config}" in table
     assert "| ALI | 1 |" in table and "modes covered (of 25)" in table
@@ -298,3 +301,18 @@ def test_svm_draws_of_one_labelled_set_are_reported_without_a_spread(digits_run)
     assert entry["draws"] == 3 and entry["distinct_draws"] == 1 and "std" not in entry
     assert "no spread" in entry["what"]
     assert any("all 3 draws took the same labelled set" in note for note in report.notes)
+
+
+def test_progress_lines_of_a_child_are_relayed_whole(tmp_path, capsys):
+    log_path = tmp_path / "train.log"
+    log_path.write_text("python -m trainers.main\nstep 1/4 [=>  ] 25% 9 images/s\n"
+                        "noise\n[1/2] svm ...\nstep 2/4 [==")
+    with open(log_path) as reader:
+        experiment._relay_progress(reader, "ALI seed 0 training")
+        with open(log_path, "a") as writer:   # the child finishes the line it was writing
+            writer.write("> ] 50% 9 images/s\n")
+        experiment._relay_progress(reader, "ALI seed 0 training")
+    assert capsys.readouterr().out.splitlines() == [
+        "  ALI seed 0 training: step 1/4 [=>  ] 25% 9 images/s",
+        "  ALI seed 0 training: [1/2] svm ...",
+        "  ALI seed 0 training: step 2/4 [==> ] 50% 9 images/s"]

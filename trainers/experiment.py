@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -94,13 +95,43 @@ def parse_variants(items: List[str]) -> List[Tuple[str, str]]:
     return variants
 
 
+# The child's progress lines relayed to the experiment's screen: the trainer's
+# `step 450/3000 [...] ... ETA 4:03 ...` (a line per 5% in a log) and the evaluator's
+# `[2/4] svm: 95 s`.
+_PROGRESS_LINE = re.compile(r"^(?:step \d+/\d+ |\[\d+/\d+\] )")
+_RELAY_SECONDS = 5.0
+
+
+def _relay_progress(log, what: str) -> None:
+    """Prints the progress lines the child added to its log since the last call (a
+    line it is still writing waits for the next)."""
+    while True:
+        position = log.tell()
+        line = log.readline()
+        if not line.endswith("\n"):
+            log.seek(position)
+            return
+        if _PROGRESS_LINE.match(line):
+            print(f"  {what}: {line.rstrip()}", flush=True)
+
+
 def _run(command: List[str], log_path: str, what: str) -> float:
-    """Runs a module in a subprocess, output to log_path; returns its wall time."""
+    """Runs a module in a subprocess, output to log_path, its progress lines relayed;
+    returns its wall time."""
     started = time.time()
     with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with open(log_path) as reader:
+            while True:
+                try:
+                    child.wait(timeout=_RELAY_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    _relay_progress(reader, what)
+            _relay_progress(reader, what)
+    done = child
     if done.returncode:
         with open(log_path) as log:
             errors = [line.strip() for line in log if line.startswith("error:")]
