@@ -507,8 +507,23 @@ def _folder_files(cfg: DataConfig) -> list[str]:
         if name.lower().endswith(_IMAGE_EXTENSIONS)
     )
     if not paths:
-        raise DataError(f"--image_dir={image_dir}: no .jpg/.jpeg/.png files found")
+        raise DataError(f"--image_dir={image_dir}: no {'/'.join(_IMAGE_EXTENSIONS)} files "
+                        "found")
     return paths
+
+
+def folder_classes(cfg: DataConfig) -> tuple[str, ...]:
+    """The class names of a labelled image folder: its first-level subfolders, sorted,
+    when every image lies in one of them and there are at least two (the layout of
+    Keras' image_dataset_from_directory and TFDS' ImageFolder); () otherwise."""
+    classes = sorted({os.path.relpath(path, cfg.image_dir).split(os.sep)[0]
+                      if os.sep in os.path.relpath(path, cfg.image_dir) else ""
+                      for path in _folder_files(cfg)})
+    return tuple(classes) if len(classes) >= 2 and "" not in classes else ()
+
+
+def _folder_label(cfg: DataConfig, classes: tuple[str, ...], path: str) -> int:
+    return classes.index(os.path.relpath(path, cfg.image_dir).split(os.sep)[0])
 
 
 def _read_ends(path: str) -> tuple[bytes, bytes]:
@@ -599,24 +614,34 @@ def _readable(cfg: DataConfig, paths: list[str], what: str) -> list[str]:
     return [p for p in paths if p not in skipped]
 
 
-def _folder_num_test(num_files: int) -> int:
-    # Last 10% is the test split; fewer than 10 files give no test split.
-    return num_files // 10
+# The test split: a seeded shuffle of the sorted files (of each class, when labelled)
+# puts a tenth of them aside, so it is neither the newest files nor the last class.
+_FOLDER_SPLIT_SEED = 0
 
 
 def _folder_split(cfg: DataConfig, split: str) -> list[str]:
-    """The readable paths of a split. The split is cut before unreadable files are left
-    out, so --skip_bad_images never moves a file between train and test."""
+    """The readable paths of a split, sorted. The split is cut before unreadable files
+    are left out, so --skip_bad_images never moves a file between train and test;
+    fewer than 10 files (of a class) give no test files (of it)."""
     paths = _folder_files(cfg)
-    num_train = len(paths) - _folder_num_test(len(paths))
-    paths = paths[:num_train] if split == "train" else paths[num_train:]
+    classes = folder_classes(cfg)
+    groups: dict = {}
+    for path in paths:
+        groups.setdefault(_folder_label(cfg, classes, path) if classes else 0, []).append(path)
+    rng = np.random.RandomState(_FOLDER_SPLIT_SEED)
+    test = set()
+    for members in groups.values():
+        order = rng.permutation(len(members))
+        test.update(members[i] for i in order[:len(members) // 10])
+    paths = [p for p in paths if (p in test) == (split == "test")]
     return _readable(cfg, paths, f"{split} split") if paths else paths
 
 
 def _folder_info(cfg: DataConfig) -> DatasetInfo:
     num_train = len(_folder_split(cfg, "train"))
     num_test = len(_folder_split(cfg, "test"))
-    return DatasetInfo(cfg.dataset, _image_shape(cfg), num_train, num_test, 0, True)
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), num_train, num_test,
+                       len(folder_classes(cfg)), True)
 
 
 # Brackets the path in the message of the assertion that stops a pipeline at an
@@ -629,25 +654,33 @@ _UNREADABLE_PATTERN = re.compile(
 
 
 def _decode_or_flag(decode: Callable, shape: tuple[int, int, int]) -> Callable:
-    """path -> a one-element dataset (path, image, decoded): decoded is False, with a
-    zero image, where `decode` fails. tf.data has no try/except; ignore_errors on a
-    dataset of one element is how a failed decode becomes a value that names its file."""
-    def one(path):
-        decoded = tf.data.Dataset.from_tensors(path).map(lambda p: (p, decode(p), True))
-        failed = tf.data.Dataset.from_tensors((path, tf.zeros(shape), False))
+    """(path, *label) -> a one-element dataset (path, image, decoded, *label): decoded
+    is False, with a zero image, where `decode` fails. tf.data has no try/except;
+    ignore_errors on a dataset of one element is how a failed decode becomes a value
+    that names its file."""
+    def one(path, *label):
+        decoded = tf.data.Dataset.from_tensors((path, *label)).map(
+            lambda p, *l: (p, decode(p), True, *l))
+        failed = tf.data.Dataset.from_tensors((path, tf.zeros(shape), False, *label))
         return decoded.ignore_errors().concatenate(failed).take(1)
     return one
 
 
-def _stop_at_unreadable(path, image, ok):
+def _stop_at_unreadable(path, image, ok, *label):
     check = tf.debugging.Assert(ok, [_UNREADABLE_OPEN, path, _UNREADABLE_CLOSE])
     with tf.control_dependencies([check]):
-        return tf.identity(image)
+        image = tf.identity(image)
+    return (image, *label) if label else image
+
+
+def _without_path(path, image, ok, *label):
+    del path, ok
+    return (image, *label) if label else image
 
 
 def _keep_readable(cfg: DataConfig) -> Callable:
-    def keep(path, image, ok):
-        del image
+    def keep(path, image, ok, *label):
+        del image, label
 
         def report():
             tf.print(tf.strings.join([f"warning: --image_dir={cfg.image_dir}: leaving out "
@@ -672,25 +705,30 @@ def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetSt
         ds = ds.interleave(_decode_or_flag(decode, shape),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if cfg.skip_bad_images:
-            return ds.filter(_keep_readable(cfg)).map(lambda path, image, ok: image)
+            return ds.filter(_keep_readable(cfg)).map(_without_path)
         return ds.map(_stop_at_unreadable)
     return _DatasetStep(apply)
 
 
 def _folder_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
     del seed, shuffle
-    if with_labels:
+    classes = folder_classes(cfg) if with_labels else ()
+    if with_labels and not classes:
         raise DataError(
-            f"--dataset=folder (--image_dir={cfg.image_dir}) has no labels "
-            "(with_labels needs a labelled dataset)"
-        )
+            f"--dataset=folder (--image_dir={cfg.image_dir}) has no labels: put each "
+            "class's images in a subfolder of its own (at least two, no images at the top)")
     paths = _folder_split(cfg, split)
     if not paths:
         raise DataError(
             f"--image_dir={cfg.image_dir}: no {split} split "
-            "(the last 10% of files is the test split; needs at least 10 files)"
+            "(a tenth of the files, of each class, is the test split; needs at least 10)"
         )
-    return tf.data.Dataset.from_tensor_slices(paths), _folder_decoding(cfg, _image_shape(cfg))
+    if with_labels:
+        labels = np.array([_folder_label(cfg, classes, p) for p in paths], np.int32)
+        source = tf.data.Dataset.from_tensor_slices((paths, labels))
+    else:
+        source = tf.data.Dataset.from_tensor_slices(paths)
+    return source, _folder_decoding(cfg, _image_shape(cfg))
 
 
 def unreadable_image_error(error: BaseException) -> Optional[DataError]:
@@ -789,7 +827,7 @@ def is_multi_label(info: DatasetInfo) -> bool:
 
 
 def _check_labelled(info: DatasetInfo, flag: str) -> None:
-    if not info.num_classes or info.name == "folder":
+    if not info.num_classes:
         raise DataError(f"{flag} needs a labelled dataset, --dataset={info.name} has no labels")
 
 
@@ -826,6 +864,10 @@ def train_labels(cfg: DataConfig) -> np.ndarray:
         return toy25_arrays("train")[1]
     if cfg.dataset == "fashion_mnist" and not _fashion_mnist_uses_tfds(cfg):
         return _fashion_mnist_arrays(cfg, "train")[1]
+    if cfg.dataset == "folder" and folder_classes(cfg):
+        classes = folder_classes(cfg)
+        return np.array([_folder_label(cfg, classes, p) for p in _folder_split(cfg, "train")],
+                        np.int32)
     if cfg.dataset not in _TFDS:
         raise DataError(f"--dataset={cfg.dataset} has no labels")
     builder = _tfds_builder(cfg)
@@ -884,7 +926,9 @@ def make_semi_supervised_dataset(cfg: DataConfig, info: DatasetInfo, batch_size:
 
     ds, preprocess = _SOURCE[cfg.dataset](cfg, "train", seed, False, True)
     labelled = ds.enumerate().filter(lambda i, _: tf.gather(keep, i)).map(lambda _, e: e)
-    if preprocess is not None:
+    if isinstance(preprocess, _DatasetStep):   # a labelled image folder
+        labelled = preprocess.apply(labelled)
+    elif preprocess is not None:
         labelled = labelled.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     labelled = labelled.cache().shuffle(len(subset), seed=seed,
                                         reshuffle_each_iteration=True).repeat()

@@ -385,8 +385,10 @@ def _write_run_files(config: TrainConfig, write_dir: str, record: run_dir.RunRec
 def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
     """One-line errors for --conditional / --num_labeled on data that cannot serve them."""
     flag = "--conditional" if config.model.conditional else "--num_labeled"
-    if not info.num_classes or info.name == "folder":
-        raise ConfigError(f"{flag} needs a labelled dataset; --dataset={info.name} has no labels")
+    if not info.num_classes:
+        raise ConfigError(f"{flag} needs a labelled dataset; --dataset={info.name} has no labels"
+                          + (" (class subfolders label a folder)" if info.name == "folder"
+                             else ""))
     if config.model.num_labeled:
         if data_lib.is_multi_label(info):
             raise ConfigError(f"--num_labeled: --dataset={info.name} has multi-label "

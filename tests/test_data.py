@@ -287,8 +287,8 @@ def test_folder_errors(tmp_path, image_dir):
     _assert_one_line_error(excinfo, "--dataset=folder")
 
     (image_dir / "nested" / "garbage.png").write_bytes(b"this is not a png\n")
-    with pytest.raises(data.DataError) as excinfo:
-        data.make_dataset(cfg, "train", B, shuffle=False, repeat=False)
+    with pytest.raises(data.DataError) as excinfo:   # whichever split it fell in
+        data.dataset_info(cfg)
     _assert_one_line_error(excinfo, "--image_dir", "garbage.png", "not a JPEG or PNG")
 
 
@@ -298,7 +298,7 @@ def _truncate(path, fraction=0.6):
     path.write_bytes(content[:int(len(content) * fraction)])
 
 
-@pytest.mark.parametrize("name", ["img04.png", "nested/img01.jpg"])
+@pytest.mark.parametrize("name", ["img04.png", "nested/img05.jpg"])   # train files
 def test_folder_truncated_image_is_named_before_training(image_dir, name):
     _truncate(image_dir / name)
     cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir), image_size=8)
@@ -436,3 +436,50 @@ def test_unknown_dataset_lists_choices():
     with pytest.raises(data.DataError, match="expected one of digits, fashion_mnist, svhn_cropped"):
         data.make_dataset(data.DataConfig(dataset="foo"), "train", B, shuffle=False,
                           repeat=False)
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    """cat/ and dog/ with 12 and 20 images: a labelled folder (Keras' layout)."""
+    rng = np.random.RandomState(1)
+    for name, count, value in (("cat", 12, 40), ("dog", 20, 200)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            pixels = np.clip(value + rng.randint(-10, 10, (10, 10, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name / f"{i:02d}.png")
+    return tmp_path
+
+
+def test_class_subfolders_label_a_folder(class_folders):
+    cfg = data.DataConfig(dataset="folder", image_dir=str(class_folders), image_size=8)
+    assert data.folder_classes(cfg) == ("cat", "dog")
+    # A tenth of each class is the test split.
+    assert data.dataset_info(cfg) == data.DatasetInfo("folder", (8, 8, 3), 29, 3, 2, True)
+    for split, counts in (("train", [11, 18]), ("test", [1, 2])):
+        images, labels = zip(*data.make_dataset(cfg, split, 4, shuffle=False, repeat=False,
+                                                with_labels=True, drop_remainder=False))
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        assert np.bincount(labels).tolist() == counts
+        # The label is the image's folder: cats are dark, dogs bright.
+        np.testing.assert_array_equal(labels, (images.mean(axis=(1, 2, 3)) > 0).astype(int))
+    np.testing.assert_array_equal(data.train_labels(cfg), np.repeat([0, 1], [11, 18]))
+    # Conditional ALI and semi-supervised runs take the folder's labels.
+    info = data.dataset_info(cfg)
+    x, y = next(iter(data.make_conditional_dataset(cfg, info, "train", 4, shuffle=False,
+                                                    repeat=False)))
+    assert y.shape == (4, 2)
+    x, y = next(iter(data.make_semi_supervised_dataset(cfg, info, 4, num_labeled=4,
+                                                       labeled_seed=0, seed=0)))
+    assert x.shape == (4, 8, 8, 3) and sorted(y.numpy().tolist()).count(-1) == 2
+
+
+def test_the_folder_test_split_is_a_seeded_shuffle_not_the_last_files(class_folders):
+    cfg = data.DataConfig(dataset="folder", image_dir=str(class_folders / "dog"),
+                          image_size=8)
+    assert data.folder_classes(cfg) == ()   # one folder of images: unlabelled
+    test = sorted(data._folder_split(cfg, "test"))   # pylint: disable=protected-access
+    assert len(test) == 2 and test != sorted(data._folder_files(cfg))[-2:]
+    assert test == sorted(data._folder_split(cfg, "test"))   # the same every time
+    with pytest.raises(data.DataError) as excinfo:
+        data.make_dataset(cfg, "train", 4, shuffle=False, repeat=False, with_labels=True)
+    _assert_one_line_error(excinfo, "--dataset=folder", "a subfolder of its own")
