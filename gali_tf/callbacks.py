@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -241,6 +241,20 @@ class SaveAtSigterm(keras.callbacks.Callback):
             self.saver.save()
             self.preempted = True
             self.model.stop_training = True
+
+
+class EvaluateEvery(keras.callbacks.Callback):
+    """Calls `evaluate(step)` every N steps before the last (the run's end evaluates
+    anyway): the trainer's test-split reconstruction MSE, as a curve while it trains."""
+
+    def __init__(self, every: int, evaluate: Callable[[int], None]):
+        super().__init__()
+        self.every, self.evaluate = every, evaluate
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.step.numpy())
+        if step % self.every == 0 and step < self.model.total_steps:
+            self.evaluate(step)
 
 
 class ImageSummaries(keras.callbacks.Callback):

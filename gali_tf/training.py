@@ -52,6 +52,10 @@ class TrainConfig:
     steps_per_execution: int = 1
     log_every: int = 50
     image_every: int = 500
+    # Steps between test-split reconstruction MSEs written to TensorBoard while it
+    # trains (test/pixel_mse, and test/feature_mse with M), so curves appear during a
+    # run; 0: only at the end.
+    eval_every: int = 1000
     checkpoint_every: int = 500      # also saved at SIGTERM and at the end
     keep_checkpoints: int = 3
     verbose: int = 1
@@ -137,7 +141,8 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 # resumes under another policy by design (build_model keeps the Adam states unwrapped).
 SESSION_FIELDS = frozenset({
     "model_dir", "steps", "epochs", "strategy", "jit_compile", "steps_per_execution",
-    "mixed_precision", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
+    "mixed_precision", "log_every", "image_every", "eval_every", "checkpoint_every",
+    "keep_checkpoints",
     "verbose", "allow_flag_changes", "data_dir", "skip_bad_images",
     # Derived from the data and strategy, and compared as architecture instead.
     "example_shape", "feature_dim", "condition_dim", "label_classes", "synchronized_bn"})
@@ -415,6 +420,19 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
                                                                    config.data))
         test_ds = make("test", min(config.batch_size, 100), shuffle=False, repeat=False,
                        drop_remainder=False)
+
+    def test_reconstruction():
+        """(pixel MSE, feature MSE or None) of G(mu(E(x))) on the test split."""
+        mse = reconstruction.pixel_mse(model.reconstruct, test_ds)
+        return mse, (reconstruction.feature_mse(feature_model, model.reconstruct, test_ds)
+                     if feature_model is not None else None)
+
+    def write_test_reconstruction(step, mse, feature_mse):
+        with writer.as_default(step=step):
+            tf.summary.scalar("test/pixel_mse", mse.mean)
+            if feature_mse is not None:
+                tf.summary.scalar("test/feature_mse", feature_mse.mean)
+
     saver = callbacks_lib.CheckpointEvery(manager, config.checkpoint_every)
     preemption = callbacks_lib.SaveAtSigterm(saver, strategy)
     callbacks = [
@@ -430,6 +448,10 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
         # verbose=1: redrawn in place on a terminal; 2 (or a log file): a line per 5%.
         callbacks.append(callbacks_lib.RunProgress(
             config.batch_size, live=config.verbose == 1 and sys.stdout.isatty()))
+    if test_ds is not None and config.eval_every > 0:
+        callbacks.append(callbacks_lib.EvaluateEvery(
+            config.eval_every, lambda step: write_test_reconstruction(
+                step, *test_reconstruction())))
     if info.is_image and config.image_every > 0 and chief:
         callbacks.append(callbacks_lib.ImageSummaries(writer, config.image_every,
                                                       test_ds or train_ds))
@@ -465,12 +487,7 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
 
     mse = feature_mse = None
     if test_ds is not None:
-        mse = reconstruction.pixel_mse(model.reconstruct, test_ds)
-        if feature_model is not None:
-            feature_mse = reconstruction.feature_mse(feature_model, model.reconstruct, test_ds)
-        with writer.as_default(step=step):
-            tf.summary.scalar("test/pixel_mse", mse.mean)
-            if feature_mse is not None:
-                tf.summary.scalar("test/feature_mse", feature_mse.mean)
+        mse, feature_mse = test_reconstruction()
+        write_test_reconstruction(step, mse, feature_mse)
     writer.flush()
     return TrainResult(step, history, mse, feature_mse, model=model)

@@ -61,6 +61,15 @@ def test_the_progress_line_shows_step_rate_eta_and_losses():
     assert "ETA --:--" in progress_line(0, 2, 0.0, float("inf"), {})
 
 
+def test_test_mse_is_a_curve_while_it_trains(tmp_path):
+    training.train(dataclasses.replace(tiny_config(tmp_path, steps=5), eval_every=2))
+    steps = []
+    for path in glob.glob(os.path.join(tmp_path, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps += [event.step for v in event.summary.value if v.tag == "test/pixel_mse"]
+    assert sorted(steps) == [2, 4, 5]   # every 2 steps, and at the end
+
+
 def _tags(model_dir):
     tags = set()
     for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):

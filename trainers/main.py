@@ -125,6 +125,9 @@ def define_flags():
                          "Train steps per tf.function call (> 1 needs a single replica or a TPU).")
     flags.DEFINE_integer("log_every", _RUN.log_every, "Steps between TensorBoard scalar summaries.")
     flags.DEFINE_integer("image_every", _RUN.image_every, "Steps between TensorBoard image grids.")
+    flags.DEFINE_integer("eval_every", _RUN.eval_every,
+                         "Steps between test-split pixel MSEs (and feature MSEs with M) in "
+                         "TensorBoard while training; 0: only at the end.")
     flags.DEFINE_integer("checkpoint_every", _RUN.checkpoint_every, "Steps between checkpoints.")
     flags.DEFINE_integer("keep_checkpoints", _RUN.keep_checkpoints, "Checkpoints to keep.")
     flags.DEFINE_bool("allow_flag_changes", _RUN.allow_flag_changes,
