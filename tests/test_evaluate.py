@@ -60,7 +60,7 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
                               num_pictures=16)
     report = suite.evaluate_run(digits_run, config)
     assert report.step == 2 and report.dataset == "digits"
-    assert set(report.metrics) == {"pixel_mse", "feature_mse", "svm_error", "fid",
+    assert set(report.metrics) == {"pixel_mse", "feature_mse", "svm_error", "fid", "kid",
                                    "inpaint_pixel_mse", "inpaint_feature_mse",
                                    "mean_image_mse", "class_mean_image_mse",
                                    "class_agreement", "latent_snr"}
@@ -83,7 +83,7 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
     assert digits_classifier in report.metrics["fid"]["network"]
     # Every metric on the classifier names its weights, so tables can tell a retrained one.
     fingerprints = {report.metrics[m]["network_fingerprint"] for m in (
-        "feature_mse", "class_agreement", "fid", "inpaint_feature_mse")}
+        "feature_mse", "class_agreement", "fid", "kid", "inpaint_feature_mse")}
     assert fingerprints == {features.weights_fingerprint(digits_classifier)}
     assert any("not InceptionV3" in note for note in report.notes)
     assert set(report.pictures) == {"samples", "reconstructions", "interpolations"}
@@ -106,7 +106,9 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
 def test_fid_network_defaults_to_the_feature_model(digits_run, digits_classifier):
     report = suite.evaluate_run(digits_run, suite.EvalConfig(
         metrics=("fid",), fid=_m(digits_classifier, "fid"), fid_samples=100))
-    assert set(report.metrics) == {"fid"} and "--fid_model=" in report.metrics["fid"]["network"]
+    assert set(report.metrics) == {"fid", "kid"}
+    assert "--fid_model=" in report.metrics["fid"]["network"]
+    assert report.metrics["kid"]["network"] == report.metrics["fid"]["network"]
 
 
 def test_toy_report_counts_modes_and_draws_the_scatter(toy_run):

@@ -117,6 +117,36 @@ def test_fid_with_fewer_samples_than_features_is_finite():
     assert np.isfinite(value) and value > 0
 
 
+def _kid_by_definition(x, y):
+    """The unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, written out pair by pair."""
+    d, m, n = x.shape[1], len(x), len(y)
+    k = lambda a, b: (a @ b / d + 1.0) ** 3   # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel():
+    rng = np.random.RandomState(4)
+    real, generated = rng.randn(12, 3), rng.randn(12, 3) + 0.5
+    # One subset holding every example: exactly the definition.
+    value, std = fid.kernel_distance(real, generated, subsets=1, subset_size=12)
+    assert value == pytest.approx(_kid_by_definition(generated, real), rel=1e-10)
+    assert std == 0.0
+    # Unbiased: near zero for two samples of one distribution, clearly positive apart.
+    same, _ = fid.kernel_distance(rng.randn(2000, 4), rng.randn(2000, 4), subset_size=500)
+    apart, _ = fid.kernel_distance(rng.randn(2000, 4), rng.randn(2000, 4) + 1.0,
+                                   subset_size=500)
+    assert abs(same) < 0.01 and apart > 0.5
+
+
+def test_fid_reports_kid_on_the_same_features():
+    batches = _image_batches(n=8, shape=(16, 2, 2, 1))
+    result = fid.fid(lambda x: tf.reshape(x, [x.shape[0], -1]), batches, batches, "flatten")
+    assert np.isfinite(result.kid) and abs(result.kid) < 0.05
+
+
 # ------------------------------------------------------------------------------- SVM
 
 

@@ -295,6 +295,12 @@ def _fid(run: _Run, report: EvalReport) -> None:
         "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
         "network": result.network, "network_fingerprint": fid_model.fingerprint,
         "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
+    report.metrics["kid"] = {
+        "mean": result.kid, "std": result.kid_std, "n": result.num_generated,
+        "num_real": result.num_real, "network": result.network,
+        "network_fingerprint": fid_model.fingerprint,
+        "what": f"KID (unbiased cubic-kernel MMD^2) of G(z) vs the {config.split} images on "
+                f"{result.network}, mean ± std over {fid_lib.KID_SUBSETS} subsets"}
     if features_lib.INCEPTION_PREFIX not in fid_model.description:
         report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
                             "it only with FIDs on the same network")
