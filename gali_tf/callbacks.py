@@ -143,6 +143,21 @@ def probability_tags(tuple_set) -> dict:
             for c, tuple_class in enumerate(tuple_set.classes)}
 
 
+def write_session_summary(writer, step: int, flags_text: Optional[str],
+                          training_flags: dict) -> None:
+    """At the start of each session: the flags as text (TensorBoard's Text tab) and the
+    run's training flags as hparams (its HParams tab, to compare runs side by side)."""
+    from tensorboard.plugins.hparams import api as hparams_api  # pylint: disable=import-outside-toplevel
+    with writer.as_default(step=step):
+        if flags_text:
+            # Indented: Markdown shows it as a code block, one flag per line.
+            tf.summary.text("flags", "\n".join("    " + line
+                                                for line in flags_text.splitlines()))
+        hparams_api.hparams({name: value for name, value in training_flags.items()
+                             if isinstance(value, (bool, int, float, str))})
+    writer.flush()
+
+
 class ScalarSummaries(keras.callbacks.Callback):
     """Writes the step's metrics (running means over the epoch) to TensorBoard, under
     `train/<name>`; `tags` renames some (the class probabilities, probability_tags)."""

@@ -307,7 +307,7 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
             _write_run_files(config, write_dir, record, flags_text, start_step, changes)
             return _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds,
                                      start_step, write_dir, chief, feature_model,
-                                     execution.jit_compile)
+                                     execution.jit_compile, record, flags_text)
         except Exception as error:  # pylint: disable=broad-except
             reason = run_dir.storage_failure(error)
             if reason is None:
@@ -404,7 +404,8 @@ def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
 
 
 def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start_step,
-                      write_dir, chief, feature_model, jit_compile) -> TrainResult:
+                      write_dir, chief, feature_model, jit_compile, record,
+                      flags_text) -> TrainResult:
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(write_dir, run_dir.CHECKPOINT_DIR),
         max_to_keep=config.keep_checkpoints)
@@ -412,6 +413,8 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
     model.compile(optimizer=None, jit_compile=jit_compile,
                   steps_per_execution=config.steps_per_execution)
     writer = tf.summary.create_file_writer(os.path.join(write_dir, "train"))
+    if chief:
+        callbacks_lib.write_session_summary(writer, start_step, flags_text, record.training)
     test_ds = None
     if info.num_test and info.is_image:
         # Conditional runs evaluate with each test image's own y: (images, y) batches.

@@ -94,6 +94,8 @@ def test_trainer_from_flagfile_writes_flags_events_and_checkpoints(tmp_path):
             "train/p/G(z),z", "train/p/G(E(G(z))),z", "samples", "reconstructions",
             "test/pixel_mse"} <= tags
     assert not any(tag.startswith("train/p1") for tag in tags)
+    # The flags as text and the training flags as hparams, for TensorBoard's tabs.
+    assert {"flags", "_hparams_/session_start_info"} <= tags
     # flags.txt is itself a flagfile: running it again with more steps resumes.
     again = subprocess.run([sys.executable, "-m", "trainers.main", f"--flagfile={model_dir}/flags.txt",
                             "--steps=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
