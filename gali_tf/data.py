@@ -73,12 +73,13 @@ TOY25_MEANS = np.array([(x, y) for x in _TOY25_GRID for y in _TOY25_GRID], np.fl
 TOY25_STD = 0.05
 _TOY25_SIZES = {"train": (100_000, 0), "test": (10_000, 1)}  # split -> (n, RandomState seed)
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_IMAGE_MAGICS = (_JPEG_MAGIC, b"\x89PNG")
-# What a whole file ends with: JPEG's EOI marker, PNG's empty IEND chunk with its CRC.
-_JPEG_END = b"\xff\xd9"
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")   # what tf.io.decode_image reads
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Each format's magic bytes -> what a whole file ends with: JPEG's EOI marker, PNG's
+# empty IEND chunk with its CRC, GIF's trailer; BMP has none (such files are decoded in
+# full to be checked).
+_IMAGE_FORMATS = {b"\xff\xd8\xff": b"\xff\xd9", b"\x89PNG": _PNG_END, b"GIF8": b"\x3b",
+                  b"BM": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -568,9 +569,10 @@ def _image_problem(path: str) -> Optional[str]:
         key = (path, stat.st_size, stat.st_mtime_ns)
         if key not in _VERDICTS:
             head, tail = _read_ends(path)
-            if not head.startswith(_IMAGE_MAGICS):
-                _VERDICTS[key] = "not a JPEG or PNG"
-            elif tail.endswith(_JPEG_END if head.startswith(_JPEG_MAGIC) else _PNG_END):
+            ends = [end for magic, end in _IMAGE_FORMATS.items() if head.startswith(magic)]
+            if not ends:
+                _VERDICTS[key] = "not a JPEG, PNG, GIF or BMP"
+            elif ends[0] is not None and tail.endswith(ends[0]):
                 _VERDICTS[key] = None
             else:
                 _VERDICTS[key] = _decode_problem(path)
@@ -696,9 +698,18 @@ def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetSt
     error that `unreadable_image_error` turns into a DataError naming it, or is left out
     with a warning line under --skip_bad_images."""
     def decode(path):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=shape[-1], expand_animations=False
-        )
+        contents = tf.io.read_file(path)
+
+        def decoded(channels):
+            return tf.io.decode_image(contents, channels=channels, expand_animations=False)
+        if shape[-1] == 1:
+            # TensorFlow decodes GIF and BMP to colour only: grey by its luma weights.
+            colour_only = tf.logical_or(tf.equal(tf.strings.substr(contents, 0, 3), b"GIF"),
+                                        tf.equal(tf.strings.substr(contents, 0, 2), b"BM"))
+            image = tf.cond(colour_only, lambda: tf.image.rgb_to_grayscale(decoded(3)),
+                            lambda: decoded(1))
+        else:
+            image = decoded(shape[-1])
         return _finish_uint8_image(_central_square_crop(image), shape)
 
     def apply(ds):

@@ -279,7 +279,7 @@ def test_folder_errors(tmp_path, image_dir):
     empty.mkdir()
     with pytest.raises(data.DataError) as excinfo:
         data.dataset_info(data.DataConfig(dataset="folder", image_dir=str(empty)))
-    _assert_one_line_error(excinfo, "--image_dir", "no .jpg/.jpeg/.png")
+    _assert_one_line_error(excinfo, "--image_dir", "no .jpg/.jpeg/.png/.gif/.bmp")
 
     cfg = data.DataConfig(dataset="folder", image_dir=str(image_dir))
     with pytest.raises(data.DataError) as excinfo:
@@ -289,7 +289,7 @@ def test_folder_errors(tmp_path, image_dir):
     (image_dir / "nested" / "garbage.png").write_bytes(b"this is not a png\n")
     with pytest.raises(data.DataError) as excinfo:   # whichever split it fell in
         data.dataset_info(cfg)
-    _assert_one_line_error(excinfo, "--image_dir", "garbage.png", "not a JPEG or PNG")
+    _assert_one_line_error(excinfo, "--image_dir", "garbage.png", "not a JPEG, PNG, GIF or BMP")
 
 
 def _truncate(path, fraction=0.6):
@@ -483,3 +483,22 @@ def test_the_folder_test_split_is_a_seeded_shuffle_not_the_last_files(class_fold
     with pytest.raises(data.DataError) as excinfo:
         data.make_dataset(cfg, "train", 4, shuffle=False, repeat=False, with_labels=True)
     _assert_one_line_error(excinfo, "--dataset=folder", "a subfolder of its own")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_folder_reads_gif_and_bmp_too(tmp_path, channels):
+    pixels = np.full((12, 12, 3), 200, np.uint8)
+    for name in ("a.gif", "b.bmp", "c.png"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    (tmp_path / "cut.gif").write_bytes((tmp_path / "a.gif").read_bytes()[:-10])
+    cfg = data.DataConfig(dataset="folder", image_dir=str(tmp_path), image_size=4,
+                          channels=channels)
+    with pytest.raises(data.DataError) as excinfo:   # a GIF cut short lacks its trailer
+        data.dataset_info(cfg)
+    _assert_one_line_error(excinfo, "cut.gif", "truncated or corrupt")
+    (tmp_path / "cut.gif").unlink()
+    images = np.concatenate(list(data.make_dataset(cfg, "train", 3, shuffle=False,
+                                                   repeat=False, drop_remainder=False)))
+    assert images.shape == (3, 4, 4, channels)
+    # Every format decodes to the same grey level 200, in [-1, 1].
+    np.testing.assert_allclose(images, 200 / 127.5 - 1, atol=0.01)
