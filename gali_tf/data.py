@@ -90,7 +90,7 @@ class DataConfig:
     # TFDS data_dir (prepared data; loaded with download=False); fashion_mnist: the folder of
     # its four IDX files (or a TFDS data_dir), None = FASHION_MNIST_DIRS.
     data_dir: str | None = None
-    image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png
+    image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png/gif/bmp
     image_size: int | None = None  # None = the dataset's default
     channels: int | None = None  # None = the dataset's default (digits 1, others 3)
     shuffle_buffer: int = 10_000
