@@ -122,16 +122,20 @@ def _run(command: List[str], log_path: str, what: str) -> float:
     with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        with open(log_path) as reader:
-            while True:
-                try:
-                    child.wait(timeout=_RELAY_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    _relay_progress(reader, what)
-            _relay_progress(reader, what)
-    done = child
+        done = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with open(log_path) as reader:
+                while True:
+                    try:
+                        done.wait(timeout=_RELAY_SECONDS)
+                        break
+                    except subprocess.TimeoutExpired:
+                        _relay_progress(reader, what)
+                _relay_progress(reader, what)
+        except BaseException:
+            done.kill()   # as subprocess.run does: no child outlives an interrupted tool
+            done.wait()
+            raise
     if done.returncode:
         with open(log_path) as log:
             errors = [line.strip() for line in log if line.startswith("error:")]

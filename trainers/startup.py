@@ -36,7 +36,8 @@ def without_start_up_lines(text: str) -> str:
 
 def import_tensorflow_quietly() -> None:
     """Imports TensorFlow without its C++ start-up lines (see the module docstring);
-    does nothing when it is imported already or the user chose a log level."""
+    does nothing when it is imported already or TF_CPP_MIN_LOG_LEVEL=0 asks for every
+    line. A level the user set is kept; otherwise it becomes 3."""
     if "tensorflow" in sys.modules or os.environ.get(LOG_LEVEL_VARIABLE) == "0":
         return
     os.environ.setdefault(LOG_LEVEL_VARIABLE, "3")
