@@ -303,6 +303,11 @@ def test_svm_draws_of_one_labelled_set_are_reported_without_a_spread(digits_run)
     assert entry["draws"] == 3 and entry["distinct_draws"] == 1 and "std" not in entry
     assert "no spread" in entry["what"]
     assert any("all 3 draws took the same labelled set" in note for note in report.notes)
+    # A single draw has no spread either, and its report is written like any other.
+    one = suite.evaluate_run(digits_run, suite.EvalConfig(
+        metrics=("svm",), svm=SVMConfig(per_class=20, draws=1, validation_size=100)))
+    assert "std" not in one.metrics["svm_error"] and not one.notes
+    assert "| svm_error | " in suite.report_markdown(one)
 
 
 def test_progress_lines_of_a_child_are_relayed_whole(tmp_path, capsys):

@@ -262,24 +262,23 @@ def _svm(run: _Run, report: EvalReport) -> None:
                                   progress=run.progress)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    spread = (f"mean ± std over {result.draws} draws ({result.distinct_draws} distinct)"
+              if result.std_error is not None else "one labelled set (no spread)")
     entry = {
         "mean": result.mean_error, "n": result.num_test, "draws": result.draws,
         "distinct_draws": result.distinct_draws, "per_class": result.per_class,
         "num_validation": result.num_validation, "feature_dim": result.feature_dim,
         "chosen_c": list(result.chosen_c),
-        "what": (f"linear-SVM test error on E's features, {result.per_class} labels/class, "
-                 f"mean ± std over {result.draws} draws ({result.distinct_draws} distinct)")}
-    if result.std_error is None:
-        entry["what"] = (f"linear-SVM test error on E's features, {result.per_class} "
-                         f"labels/class, one labelled set (no spread)")
-    if result.std_error is None and result.draws > 1:
+        "what": f"linear-SVM test error on E's features, {result.per_class} labels/class, "
+                f"{spread}"}
+    if result.std_error is not None:
+        entry["std"] = result.std_error
+    elif result.draws > 1:
         report.notes.append(
             f"svm_error: all {result.draws} draws took the same labelled set: the training "
             f"split leaves only {result.per_class} examples per class outside the "
             f"{result.num_validation}-example validation set, so no spread over draws was "
             "measured; lower --svm_validation or --svm_per_class for independent draws")
-    else:
-        entry["std"] = result.std_error
     report.metrics["svm_error"] = entry
 
 
