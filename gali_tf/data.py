@@ -513,18 +513,24 @@ def _folder_files(cfg: DataConfig) -> list[str]:
     return paths
 
 
+def _folder_labelled_files(cfg: DataConfig) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """(sorted paths, each path's class index, class names) of an image folder. The
+    classes are its first-level subfolders, sorted, when every image lies in one of
+    them and there are at least two (the layout of Keras' image_dataset_from_directory
+    and TFDS' ImageFolder); otherwise there are none and every index is 0."""
+    paths = _folder_files(cfg)
+    tops = [rel.split(os.sep)[0] if os.sep in rel else ""
+            for rel in (os.path.relpath(path, cfg.image_dir) for path in paths)]
+    classes = tuple(sorted(set(tops)))
+    if len(classes) < 2 or "" in classes:
+        return paths, [0] * len(paths), ()
+    index = {name: k for k, name in enumerate(classes)}
+    return paths, [index[top] for top in tops], classes
+
+
 def folder_classes(cfg: DataConfig) -> tuple[str, ...]:
-    """The class names of a labelled image folder: its first-level subfolders, sorted,
-    when every image lies in one of them and there are at least two (the layout of
-    Keras' image_dataset_from_directory and TFDS' ImageFolder); () otherwise."""
-    classes = sorted({os.path.relpath(path, cfg.image_dir).split(os.sep)[0]
-                      if os.sep in os.path.relpath(path, cfg.image_dir) else ""
-                      for path in _folder_files(cfg)})
-    return tuple(classes) if len(classes) >= 2 and "" not in classes else ()
-
-
-def _folder_label(cfg: DataConfig, classes: tuple[str, ...], path: str) -> int:
-    return classes.index(os.path.relpath(path, cfg.image_dir).split(os.sep)[0])
+    """The class names of a labelled image folder (see _folder_labelled_files), or ()."""
+    return _folder_labelled_files(cfg)[2]
 
 
 def _read_ends(path: str) -> tuple[bytes, bytes]:
@@ -621,29 +627,32 @@ def _readable(cfg: DataConfig, paths: list[str], what: str) -> list[str]:
 _FOLDER_SPLIT_SEED = 0
 
 
-def _folder_split(cfg: DataConfig, split: str) -> list[str]:
-    """The readable paths of a split, sorted. The split is cut before unreadable files
-    are left out, so --skip_bad_images never moves a file between train and test;
-    fewer than 10 files (of a class) give no test files (of it)."""
-    paths = _folder_files(cfg)
-    classes = folder_classes(cfg)
-    groups: dict = {}
-    for path in paths:
-        groups.setdefault(_folder_label(cfg, classes, path) if classes else 0, []).append(path)
+def _folder_split_labelled(cfg: DataConfig, split: str
+                           ) -> tuple[list[str], list[int], tuple[str, ...]]:
+    """(readable paths of a split, sorted; their class indices; the class names). The
+    split is cut before unreadable files are left out, so --skip_bad_images never moves
+    a file between train and test; fewer than 10 files (of a class) give no test files
+    (of it)."""
+    paths, labels, classes = _folder_labelled_files(cfg)
     rng = np.random.RandomState(_FOLDER_SPLIT_SEED)
     test = set()
-    for members in groups.values():
+    for label in sorted(set(labels)):
+        members = [path for path, k in zip(paths, labels) if k == label]
         order = rng.permutation(len(members))
         test.update(members[i] for i in order[:len(members) // 10])
-    paths = [p for p in paths if (p in test) == (split == "test")]
-    return _readable(cfg, paths, f"{split} split") if paths else paths
+    label_of = {path: k for path, k in zip(paths, labels) if (path in test) == (split == "test")}
+    kept = _readable(cfg, list(label_of), f"{split} split") if label_of else []
+    return kept, [label_of[path] for path in kept], classes
+
+
+def _folder_split(cfg: DataConfig, split: str) -> list[str]:
+    return _folder_split_labelled(cfg, split)[0]
 
 
 def _folder_info(cfg: DataConfig) -> DatasetInfo:
-    num_train = len(_folder_split(cfg, "train"))
-    num_test = len(_folder_split(cfg, "test"))
-    return DatasetInfo(cfg.dataset, _image_shape(cfg), num_train, num_test,
-                       len(folder_classes(cfg)), True)
+    train, _, classes = _folder_split_labelled(cfg, "train")
+    return DatasetInfo(cfg.dataset, _image_shape(cfg), len(train),
+                       len(_folder_split(cfg, "test")), len(classes), True)
 
 
 # Brackets the path in the message of the assertion that stops a pipeline at an
@@ -723,20 +732,18 @@ def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetSt
 
 def _folder_source(cfg: DataConfig, split: str, seed: int, shuffle: bool, with_labels: bool):
     del seed, shuffle
-    classes = folder_classes(cfg) if with_labels else ()
+    paths, labels, classes = _folder_split_labelled(cfg, split)
     if with_labels and not classes:
         raise DataError(
             f"--dataset=folder (--image_dir={cfg.image_dir}) has no labels: put each "
             "class's images in a subfolder of its own (at least two, no images at the top)")
-    paths = _folder_split(cfg, split)
     if not paths:
         raise DataError(
             f"--image_dir={cfg.image_dir}: no {split} split "
             "(a tenth of the files, of each class, is the test split; needs at least 10)"
         )
     if with_labels:
-        labels = np.array([_folder_label(cfg, classes, p) for p in paths], np.int32)
-        source = tf.data.Dataset.from_tensor_slices((paths, labels))
+        source = tf.data.Dataset.from_tensor_slices((paths, np.array(labels, np.int32)))
     else:
         source = tf.data.Dataset.from_tensor_slices(paths)
     return source, _folder_decoding(cfg, _image_shape(cfg))
@@ -875,10 +882,10 @@ def train_labels(cfg: DataConfig) -> np.ndarray:
         return toy25_arrays("train")[1]
     if cfg.dataset == "fashion_mnist" and not _fashion_mnist_uses_tfds(cfg):
         return _fashion_mnist_arrays(cfg, "train")[1]
-    if cfg.dataset == "folder" and folder_classes(cfg):
-        classes = folder_classes(cfg)
-        return np.array([_folder_label(cfg, classes, p) for p in _folder_split(cfg, "train")],
-                        np.int32)
+    if cfg.dataset == "folder":
+        _, labels, classes = _folder_split_labelled(cfg, "train")
+        if classes:
+            return np.array(labels, np.int32)
     if cfg.dataset not in _TFDS:
         raise DataError(f"--dataset={cfg.dataset} has no labels")
     builder = _tfds_builder(cfg)
