@@ -54,8 +54,9 @@ def _m(path, prefix="feature"):
     return FeatureConfig(path, "features", flag_prefix=prefix)
 
 
-def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
+def test_digits_report_has_every_image_metric(digits_run, digits_classifier, tmp_path):
     config = suite.EvalConfig(feature=_m(digits_classifier), fid_samples=200,
+                              fid_cache_dir=str(tmp_path / "fid_cache"),
                               svm=SVMConfig(per_class=20, draws=2, validation_size=100),
                               num_pictures=16)
     report = suite.evaluate_run(digits_run, config)
@@ -79,13 +80,18 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
     assert 0.0 <= report.metrics["svm_error"]["mean"] <= 1.0
     assert report.metrics["svm_error"]["draws"] == 2
     assert report.metrics["svm_error"]["distinct_draws"] == 2 and "std" in report.metrics["svm_error"]
-    assert report.metrics["fid"]["n"] == 200 and report.metrics["fid"]["num_real"] == 200
+    # FID: 200 samples against the whole test split, its features cached.
+    assert report.metrics["fid"]["n"] == 200
+    assert report.metrics["fid"]["num_real"] == data.DIGITS_NUM_TEST
+    assert report.metrics["fid"]["reference_cache"].startswith(
+        f"computed, cached in {tmp_path / 'fid_cache'}")
     assert digits_classifier in report.metrics["fid"]["network"]
     # Every metric on the classifier names its weights, so tables can tell a retrained one.
     fingerprints = {report.metrics[m]["network_fingerprint"] for m in (
         "feature_mse", "class_agreement", "fid", "kid", "inpaint_feature_mse")}
     assert fingerprints == {features.weights_fingerprint(digits_classifier)}
-    assert any("not InceptionV3" in note for note in report.notes)
+    assert any("not the papers' FID Inception" in note for note in report.notes)
+    assert report.metrics["fid"]["papers_fid"] is False
     assert set(report.pictures) == {"samples", "reconstructions", "interpolations"}
 
     json_path, markdown_path = suite.write_report(report)
@@ -105,7 +111,8 @@ def test_digits_report_has_every_image_metric(digits_run, digits_classifier):
 
 def test_fid_network_defaults_to_the_feature_model(digits_run, digits_classifier):
     report = suite.evaluate_run(digits_run, suite.EvalConfig(
-        metrics=("fid",), fid=_m(digits_classifier, "fid"), fid_samples=100))
+        metrics=("fid",), fid=_m(digits_classifier, "fid"), fid_samples=100,
+        fid_cache_dir=""))
     assert set(report.metrics) == {"fid", "kid"}
     assert "--fid_model=" in report.metrics["fid"]["network"]
     assert report.metrics["kid"]["network"] == report.metrics["fid"]["network"]

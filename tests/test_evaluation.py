@@ -381,6 +381,23 @@ def test_a_table_says_when_its_runs_used_different_networks():
         {"ALI": runs}, title="t", command="c", invocation_minutes=0)
 
 
+def test_a_table_says_when_fid_was_computed_on_differently_prepared_images():
+    fid_entry = {"mean": 30.0, "quantisation": "uint8", "num_real": 297,
+                 "reference_split": "test", "network_fingerprint": "aaaa"}
+    kept = [tables.run_results("ALI", s, [{"step": 20, "metrics": {"fid": fid_entry}}],
+                               experiment="x", train_command="t", eval_command="e",
+                               commit="c", machine="m", seconds={}) for s in range(2)]
+    assert kept[0]["protocols"] == {"fid": "uint8 images, 297 test"}
+    older = _run_results("ALI", 2, [(20, {"fid": 31.0})])   # a file from before the protocol
+    runs = {"ALI": kept + [older]}
+    assert tables.mixed_networks(runs["ALI"], "protocols") == [
+        "fid on not recorded (1 run), uint8 images, 297 test (2 runs)"]
+    text = tables.experiment_report(runs, title="t", command="c", invocation_minutes=0)
+    assert "FID's images were prepared differently" in text
+    assert "FID's images were prepared differently" not in tables.experiment_report(
+        {"ALI": kept}, title="t", command="c", invocation_minutes=0)
+
+
 def test_run_results_keep_the_fingerprint_of_each_network_metric():
     report = {"step": 20, "metrics": {"fid": {"mean": 30.0, "network_fingerprint": "ab12"},
                                       "pixel_mse": {"mean": 0.05}}}

@@ -3,13 +3,15 @@ r"""Evaluates a run with the papers' protocols (README, "Evaluation").
     python -m trainers.evaluate --model_dir=runs/digits_gali4 \
         --feature_model=runs/digits_classifier/export --feature_output=features
     python -m trainers.evaluate --model_dir=runs/svhn_gali4 --data_dir=~/tensorflow_datasets \
-        --metrics=reconstruction,svm,fid --fid_model=inception_v3:~/inception_notop.h5
+        --metrics=reconstruction,svm,fid --fid_model=ttur:~/classify_image_graph_def.pb
     python -m trainers.evaluate --model_dir=runs/toy25_ali        # modes + scatter
 
 Writes MODEL_DIR/eval/<step>.json and <step>.md (also printed), the pictures under
 MODEL_DIR/eval/<step>/ and TensorBoard summaries under MODEL_DIR/eval. --metrics takes
 a comma list of reconstruction, svm, fid, inpainting, modes, pictures; empty = every
 metric that applies to the run (fid only with a network: --fid_model or a feature model).
+FID's real features are cached under --fid_cache_dir (default ~/.cache/gali_tf/fid);
+--dump_samples=DIR writes its generated images as PNGs.
 """
 
 from __future__ import annotations
@@ -47,16 +49,27 @@ def define_flags():
                          ("fid", "FID network (default: the feature MSE network)")):
         flags.DEFINE_string(f"{prefix}_model", _FEATURE.feature_model,
                             f"{what}: a SavedModel directory such as a trainers.classifier "
-                            "export, or inception_v3:WEIGHTS.h5 (Keras notop weights).")
+                            "export, inception_v3:WEIGHTS.h5 (Keras notop weights), or the "
+                            "papers' FID Inception: ttur:GRAPH.pb or tfgan:DIR.")
         flags.DEFINE_string(f"{prefix}_output", _FEATURE.feature_output,
                             "Named output of the network's signature.")
         flags.DEFINE_string(f"{prefix}_signature", _FEATURE.feature_signature,
                             "Signature to call.")
         flags.DEFINE_integer(f"{prefix}_image_size", _FEATURE.feature_image_size,
                              "Input size when the network leaves it open (0 = inferred; "
-                             "inception_v3: 299).")
-    flags.DEFINE_integer("fid_samples", _DEFAULTS.fid_samples, "Generated images for FID "
-                         "(real: the split, capped at this number).")
+                             "inception_v3:, ttur:, tfgan: 299).")
+    flags.DEFINE_integer("fid_samples", _DEFAULTS.fid_samples,
+                         "Generated images G(z) for FID and KID.")
+    flags.DEFINE_string("fid_reference", _DEFAULTS.fid_reference,
+                        "Split of FID's real images: train, test, or empty = --split.")
+    flags.DEFINE_integer("fid_real_samples", _DEFAULTS.fid_real_samples,
+                         "Real images for FID, the first of the split (0 = all of it).")
+    flags.DEFINE_string("fid_cache_dir", _DEFAULTS.fid_cache_dir,
+                        "Folder keeping the real images' FID features between evaluations, "
+                        "keyed by network, data and images (empty = no cache).")
+    flags.DEFINE_string("dump_samples", _DEFAULTS.dump_samples,
+                        "New or empty folder: FID's generated images as 000000.png ... "
+                        "(8-bit, as FID saw them), for clean-fid or torchmetrics.")
     flags.DEFINE_integer("svm_draws", _SVM.draws, "Random draws of the labelled set (papers: 100).")
     flags.DEFINE_integer("svm_per_class", _SVM.per_class,
                          "Labelled examples per class (papers: 100).")
@@ -92,8 +105,9 @@ def main(argv):
     del argv  # trainers.cli.parse_flags refuses positional arguments
     if not FLAGS.model_dir:
         raise ConfigError("--model_dir is required (a run directory of trainers.main)")
-    for name in ("fid_samples", "svm_draws", "svm_per_class", "svm_validation",
-                 "mode_samples", "num_pictures"):
+    # --fid_* values are checked by the library (suite.check_fid_options).
+    for name in ("svm_draws", "svm_per_class", "svm_validation", "mode_samples",
+                 "num_pictures"):
         if getattr(FLAGS, name) < 1:
             raise ConfigError(f"--{name}={getattr(FLAGS, name)}: expected at least 1")
     report = suite.evaluate_run(FLAGS.model_dir, config_from_flags(), FLAGS.checkpoint,

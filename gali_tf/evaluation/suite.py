@@ -6,7 +6,9 @@ the requested metrics of `REGISTRY` (name -> when it applies, how it is computed
 - reconstruction  pixel MSE of G(mu(E(x))), images in [0, 1] (GALI Table 1), and the
                   feature MSE on a frozen classifier M when one is given (GALI-PT)
 - svm             the linear-SVM protocol on E's features (ALI 4.3, GALI Table 2)
-- fid             Fréchet distance of G(z) to the test images on M's features (GALI Table 3)
+- fid             Fréchet distance (and KID) of G(z) to the real images of a split on M's
+                  features (GALI Table 3), both quantised to 8 bits; the real side's
+                  features cached (--fid_cache_dir), the samples dumped as PNGs on request
 - inpainting      hole pixel MSE (and feature MSE) of the composite (GALI Table 5)
 - modes           25-Gaussian toy: modes covered, share within 3 std (ALI 4.5)
 - pictures        samples, reconstruction pairs, latent interpolations (ALI Fig. 6),
@@ -41,6 +43,11 @@ from gali_tf.errors import ConfigError
 from gali_tf.visualize import write_png
 
 EVAL_DIR = "eval"
+# In the user's cache (XDG_CACHE_HOME, else ~/.cache), where clean-fid and Keras keep
+# theirs; "~" is expanded when used.
+DEFAULT_FID_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache",
+                                     "gali_tf", "fid")
+FID_REFERENCES = ("", "train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +63,20 @@ class EvalConfig:
     feature: features_lib.FeatureConfig = features_lib.FeatureConfig()
     # The FID network ("" = the feature model above).
     fid: features_lib.FeatureConfig = features_lib.FeatureConfig()
-    fid_samples: int = 10_000            # generated images; real ones: the split, capped
+    fid_samples: int = 10_000            # generated images G(z)
+    # FID's real images: "" = the evaluated split, or "train" / "test"; at most
+    # fid_real_samples of them, 0 = the whole split (reference statistics describe the
+    # data, not a sample budget, and the cache computes them once; the field's
+    # precomputed statistics, TTUR's and clean-fid's, cover whole splits too).
+    fid_reference: str = ""
+    fid_real_samples: int = 0
+    # The real side's features, kept between evaluations ("" = no cache): recomputing
+    # them is most of an evaluation's FID time (every checkpoint of every run of an
+    # experiment compares with the same images); the key covers M, the split, and a
+    # digest of the images' bytes, so a cache entry is never stale.
+    fid_cache_dir: str = DEFAULT_FID_CACHE_DIR
+    # A new or empty folder: FID's G(z) as 000000.png ... (uint8, as FID saw them).
+    dump_samples: str = ""
     svm: svm.SVMConfig = svm.SVMConfig()
     mode_samples: int = 10_000
     num_pictures: int = 64
@@ -171,8 +191,8 @@ def _fid_applies(record, info, config) -> str:
         return "toy data are 2-d points (use modes)"
     network = config.fid if _has_m(config.fid) else config.feature
     return ("" if _has_m(network) or record.feature_model else
-            "no FID network: give --fid_model (inception_v3:WEIGHTS.h5 or a "
-            "trainers.classifier export)")
+            "no FID network: give --fid_model (the papers' FID Inception, ttur:GRAPH.pb or "
+            "tfgan:DIR, or a trainers.classifier export)")
 
 
 def _inpainting_applies(record, info, config) -> str:
@@ -283,26 +303,139 @@ def _svm(run: _Run, report: EvalReport) -> None:
 
 
 def _fid(run: _Run, report: EvalReport) -> None:
-    """Fréchet distance of G(z) to the split's images on the FID network (GALI Table 3)."""
+    """Fréchet distance and KID of G(z) to the reference split's images on the FID
+    network (GALI Table 3), both streams quantised to 8 bits as image files hold them
+    (fid_lib.quantize); the real side's features come from the cache when an earlier
+    evaluation computed them, and G(z) is written as PNGs when --dump_samples asks."""
     config, fid_model = run.config, run.fid_model
-    real = run.split_images().unbatch().take(config.fid_samples).batch(config.batch_size)
-    result = fid_lib.fid(
-        fid_model, _generated_batches(run.generate, run.record.latent_dim,
-                                      config.fid_samples, config.batch_size, config.seed),
-        real, fid_model.description)
+    split = reference_split(config)
+    generated = _generated_batches(run.generate, run.record.latent_dim, config.fid_samples,
+                                   config.batch_size, config.seed)
+    if config.dump_samples:
+        generated = fid_lib.writing_pngs(generated, config.dump_samples)
+    generated_features = fid_lib.collect_features(fid_model, generated)
+    real_features, cache = _reference_features(run, split)
+    run.progress(f"  fid: real features {cache}")
+    result = fid_lib.fid_of_features(generated_features, real_features, fid_model.description)
+    compared = (f"{result.num_generated} G(z) vs {result.num_real} {split} images "
+                f"({_share_of_split(result.num_real, run.info, split)})")
+    common = {"n": result.num_generated, "num_real": result.num_real,
+              "reference_split": split, "quantisation": fid_lib.QUANTISATION,
+              "reference_cache": cache, "network": result.network,
+              "network_fingerprint": fid_model.fingerprint,
+              "papers_fid": fid_model.papers_fid}
     report.metrics["fid"] = {
-        "mean": result.value, "n": result.num_generated, "num_real": result.num_real,
-        "network": result.network, "network_fingerprint": fid_model.fingerprint,
-        "what": f"FID of G(z) vs the {config.split} images on {result.network}"}
+        "mean": result.value, **common,
+        "what": f"FID of {compared} on {result.network}, both as 8-bit images"}
     report.metrics["kid"] = {
-        "mean": result.kid, "std": result.kid_std, "n": result.num_generated,
-        "num_real": result.num_real, "network": result.network,
-        "network_fingerprint": fid_model.fingerprint,
-        "what": f"KID (unbiased cubic-kernel MMD^2) of G(z) vs the {config.split} images on "
-                f"{result.network}, mean ± std over {fid_lib.KID_SUBSETS} subsets"}
-    if features_lib.INCEPTION_PREFIX not in fid_model.description:
-        report.notes.append(f"FID uses {fid_model.description}, not InceptionV3: compare "
-                            "it only with FIDs on the same network")
+        "mean": result.kid, "std": result.kid_std, **common,
+        "what": f"KID (unbiased cubic-kernel MMD^2) of {compared} on {result.network}, "
+                f"mean ± std over {fid_lib.KID_SUBSETS} subsets"}
+    if config.dump_samples:
+        report.metrics["fid"]["samples_dir"] = config.dump_samples
+        report.notes.append(f"fid: its {result.num_generated} generated images are in "
+                            f"{config.dump_samples} (000000.png ..., 8-bit as FID saw them) "
+                            "for clean-fid or torchmetrics")
+    if not fid_model.papers_fid:
+        report.notes.append(f"FID uses {fid_model.description}, not the papers' FID "
+                            f"Inception ({features_lib.TTUR_PREFIX}GRAPH.pb or "
+                            f"{features_lib.TFGAN_PREFIX}DIR): compare it only with FIDs on "
+                            "the same network")
+
+
+def reference_split(config: EvalConfig) -> str:
+    """The split FID's real images come from: --fid_reference, else the evaluated one."""
+    return config.fid_reference or config.split
+
+
+def _split_size(info: data_lib.DatasetInfo, split: str) -> int:
+    return info.num_train if split == "train" else info.num_test
+
+
+def _share_of_split(count: int, info: data_lib.DatasetInfo, split: str) -> str:
+    total = _split_size(info, split)
+    return "the whole split" if count >= total else f"the first {count} of {total}"
+
+
+def _reference_images(run: _Run, split: str) -> tf.data.Dataset:
+    """The split's images in order, the first fid_real_samples of them (0 = all)."""
+    images = run.labelled(split, with_labels=False)
+    cap = run.config.fid_real_samples
+    return images.unbatch().take(cap).batch(run.config.batch_size) if cap else images
+
+
+def _real_features(fid_model, images: tf.data.Dataset) -> np.ndarray:
+    # Rounded through float32, what the cache holds (and M returns), so that a cached
+    # and an uncached evaluation give the same FID to the last digit.
+    return fid_lib.collect_features(fid_model, images).astype(np.float32).astype(np.float64)
+
+
+def _reference_features(run: _Run, split: str) -> Tuple[np.ndarray, str]:
+    """(The real images' features on the FID network, where they came from).
+
+    Cached under --fid_cache_dir by a key of everything that determines them
+    (fid_lib.ReferenceKey), including a digest of the images, so one pass over the
+    data (cheap) decides whether M must run on them (not cheap). A network without a
+    weights fingerprint is never cached: nothing would tell it from a retrained one."""
+    config, fid_model = run.config, run.fid_model
+    images = _reference_images(run, split)
+    if not config.fid_cache_dir:
+        return _real_features(fid_model, images), "computed (--fid_cache_dir is empty)"
+    if not fid_model.fingerprint:
+        return _real_features(fid_model, images), (
+            "computed, not cached: the FID network has no weights fingerprint")
+    digest, count = fid_lib.images_digest(images)
+    key = fid_lib.ReferenceKey(
+        network=fid_model.description, network_fingerprint=fid_model.fingerprint,
+        network_input=tuple(fid_model.input_shape),
+        network_value_range=tuple(fid_model.value_range), dataset=run.info.name,
+        split=split, image_shape=tuple(run.info.example_shape), num_images=count,
+        images_sha256=digest)
+    path = os.path.join(os.path.expanduser(config.fid_cache_dir), key.file_name())
+    cached = fid_lib.load_reference(path, key)
+    if cached is not None:
+        return cached, f"read from {path}"
+    features = _real_features(fid_model, images)
+    if fid_lib.save_reference(path, key, features):
+        return features, f"computed, cached in {path}"
+    return features, "computed, not cached (the cache folder is not writable)"
+
+
+def check_fid_options(config: EvalConfig) -> None:
+    """The FID flags' values, before any evaluation work (a refused --dump_samples
+    must not cost a restored run and a metric first)."""
+    if config.fid_reference not in FID_REFERENCES:
+        raise ConfigError(f"--fid_reference={config.fid_reference}: expected train, test "
+                          "or empty (the evaluated split, --split)")
+    if config.fid_samples < 2:
+        raise ConfigError(f"--fid_samples={config.fid_samples}: expected at least 2 "
+                          "(FID needs a covariance)")
+    if config.fid_real_samples < 0 or config.fid_real_samples == 1:
+        raise ConfigError(f"--fid_real_samples={config.fid_real_samples}: expected 0 (the "
+                          "whole split) or at least 2")
+    folder = config.dump_samples
+    if folder and tf.io.gfile.exists(folder):
+        if not tf.io.gfile.isdir(folder):
+            raise ConfigError(f"--dump_samples={folder}: is a file (expected a new or "
+                              "empty folder)")
+        if tf.io.gfile.listdir(folder):
+            raise ConfigError(f"--dump_samples={folder}: not empty (expected a new or empty "
+                              "folder, so the PNGs are FID's samples and nothing else)")
+
+
+def _check_fid_run(run: _Run, metrics: Tuple[str, ...]) -> None:
+    """What the FID options need of the run: FID itself for --dump_samples, and real
+    images in the reference split."""
+    config = run.config
+    if config.dump_samples and "fid" not in metrics:
+        raise ConfigError(f"--dump_samples={config.dump_samples}: writes FID's samples, but "
+                          f"fid is not computed (metrics: {', '.join(metrics) or 'none'})")
+    split = reference_split(config)
+    if "fid" in metrics and _split_size(run.info, split) < 2:
+        flag = (f"--fid_reference={split}" if config.fid_reference else f"--split={split}")
+        raise ConfigError(f"{flag}: --dataset={run.info.name} has "
+                          f"{_split_size(run.info, split)} {split} images; FID needs at "
+                          "least 2 (choose the other split with --fid_reference)")
 
 
 def _inpainting(run: _Run, report: EvalReport) -> None:
@@ -430,7 +563,9 @@ def _classifier_logits(config: features_lib.FeatureConfig, record: run_dir.RunRe
     """The logits of the feature model when it is a classifier of this dataset's classes
     (the project classifier's "logits" output), else None: what class agreement needs."""
     path = config.feature_model or record.feature_model
-    if (not path or path.startswith(features_lib.INCEPTION_PREFIX) or not info.num_classes
+    imagenet = (features_lib.INCEPTION_PREFIX, features_lib.TTUR_PREFIX,
+                features_lib.TFGAN_PREFIX)
+    if (not path or path.startswith(imagenet) or not info.num_classes
             or data_lib.is_multi_label(info)):
         return None
     try:
@@ -471,6 +606,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     `progress` (e.g. print) is told when each metric starts and how long it took, and
     each SVM draw, so a user of a long protocol sees it move."""
     started = time.time()
+    check_fid_options(config)
     # Semi-supervised runs: D too, for d_classifier.
     semi_supervised = bool(run_dir.require_run_record(model_dir).network.label_classes)
     restored = run_dir.restore_networks(model_dir, checkpoint,
@@ -479,6 +615,7 @@ def evaluate_run(model_dir: str, config: EvalConfig = EvalConfig(),
     metrics = resolve_metrics(run.record, run.info, config)
     if config.batch_size < 1:
         raise ConfigError(f"--batch_size={config.batch_size}: expected at least 1")
+    _check_fid_run(run, metrics)
     run.load_feature_models(metrics)
     report = EvalReport(model_dir, restored.checkpoint, restored.step, run.record.dataset,
                         run.record.tuples, config.split,

@@ -121,6 +121,10 @@ def run_results(variant: str, seed: int, reports: Sequence[dict], *, experiment:
         "networks": {m: e["network_fingerprint"]
                      for m, e in (reports[-1]["metrics"] if reports else {}).items()
                      if e.get("network_fingerprint")},
+        # Metric -> how its real side was made (FID, KID: quantisation and reference set).
+        "protocols": {m: fid_protocol(e)
+                      for m, e in (reports[-1]["metrics"] if reports else {}).items()
+                      if "quantisation" in e},
         "points": [{"step": int(r["step"]),
                     "metrics": {m: numbers(e) for m, e in r["metrics"].items()}}
                    for r in reports],
@@ -256,21 +260,34 @@ def experiment_report(runs: Dict[str, List[dict]], *, title: str, command: str,
         text += ("\nNote: these metrics were computed on different networks across the "
                  "runs of this table (a classifier retrained on another machine is another "
                  "network), so their rows compare only roughly: " + "; ".join(mixed) + ".\n")
+    mixed = mixed_networks(every, "protocols")
+    if mixed:
+        text += ("\nNote: FID's images were prepared differently across the runs of this "
+                 "table (\"not recorded\": before images were quantised to 8 bits and the "
+                 "protocol recorded), so these rows compare only roughly: "
+                 + "; ".join(mixed) + ".\n")
     if left_out:
         text += "\nLeft out of this table: " + "; ".join(left_out) + ".\n"
     return text
 
 
-def mixed_networks(runs: Sequence[dict]) -> List[str]:
+def fid_protocol(entry: dict) -> str:
+    """How an FID/KID entry's two image sets were made, e.g. "uint8 images, 10000 test"."""
+    return (f"{entry['quantisation']} images, {entry.get('num_real', '?')} "
+            f"{entry.get('reference_split', '?')}")
+
+
+def mixed_networks(runs: Sequence[dict], field: str = "networks") -> List[str]:
     """For each network-based metric whose runs do not share one network, a line naming
-    the fingerprints and how many runs used each ("not recorded" for older files)."""
+    the fingerprints and how many runs used each ("not recorded" for older files).
+    field="protocols" does the same for FID's protocol (fid_protocol)."""
     lines = []
-    metrics = sorted({m for r in runs for m in r.get("networks", {})})
+    metrics = sorted({m for r in runs for m in r.get(field, {})})
     for metric in metrics:
         counts: Dict[str, int] = {}
         for run in runs:
             if metric in run["points"][-1]["metrics"]:
-                key = run.get("networks", {}).get(metric, "not recorded")
+                key = run.get(field, {}).get(metric, "not recorded")
                 counts[key] = counts.get(key, 0) + 1
         if len(counts) > 1:
             lines.append(f"{metric} on " + ", ".join(
