@@ -270,13 +270,51 @@ def test_interpolate_latents_includes_both_ends():
     np.testing.assert_allclose(path.numpy()[0], [[0, 0], [0.5, 0.5], [1, 1]])
 
 
-def test_toy_scatter_marks_means_and_samples():
-    image = pictures.toy_scatter(np.array([[1.0, 1.0]]), data.TOY25_MEANS, size=121, extent=6.0)
-    assert image.shape == (1, 121, 121, 3)
+def _pixel(figure, point, height):
+    """The (row, col) where `point` (data coordinates) lands in the drawn image."""
+    x, y = figure.axes[0].transData.transform(point)
+    return int(round(height - y)), int(round(x))
+
+
+def _has_color(pixels, row, col, color, tolerance=0.15):
+    """Whether a pixel within 2 of (row, col) has `color` (markers are antialiased)."""
+    patch = pixels[max(row - 2, 0):row + 3, max(col - 2, 0):col + 3]
+    return bool((np.abs(patch - np.array(color)).max(axis=-1) < tolerance).any())
+
+
+def test_toy_scatter_draws_points_where_the_axes_put_them():
+    samples, data_points = np.array([[1.0, 1.0]]), np.array([[-5.0, 5.0]])
+    image = pictures.toy_scatter(samples, data.TOY25_MEANS, data_points, size=240, extent=6.0)
+    assert image.shape == (1, 240, 240, 3) and image.dtype == tf.float32
     pixels = image[0].numpy()
-    np.testing.assert_allclose(pixels[60, 60], (0.9, 0.1, 0.1))    # the mean at (0, 0)
-    np.testing.assert_allclose(pixels[50, 70], (0.1, 0.3, 0.9))    # the sample at (1, 1)
-    np.testing.assert_allclose(pixels[5, 5], (1.0, 1.0, 1.0))
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    figure = pictures.scatter_figure(samples, data.TOY25_MEANS, data_points, size=240)
+    figure.canvas.draw()
+    np.testing.assert_array_equal(np.asarray(figure.canvas.buffer_rgba())[..., :3],
+                                  np.round(pixels * 255))   # the same drawing
+    assert _has_color(pixels, *_pixel(figure, (0.0, 0.0), 240), (0.9, 0.1, 0.1))   # a mean
+    assert _has_color(pixels, *_pixel(figure, (4.0, -4.0), 240), (0.9, 0.1, 0.1))
+    assert _has_color(pixels, *_pixel(figure, (1.0, 1.0), 240), (0.1, 0.3, 0.9))   # sample
+    assert _has_color(pixels, *_pixel(figure, (-5.0, 5.0), 240), (0.75, 0.75, 0.75))
+    assert not _has_color(pixels, *_pixel(figure, (3.0, -1.0), 240), (0.1, 0.3, 0.9))
+    np.testing.assert_allclose(pixels[2, 2], (1.0, 1.0, 1.0))   # the margin
+
+
+def test_toy_scatter_has_axes_ticks_a_legend_and_equal_aspect():
+    figure = pictures.scatter_figure(np.zeros((3, 2)), data.TOY25_MEANS, np.ones((4, 2)),
+                                     size=200, extent=5.0)
+    axes = figure.axes[0]
+    assert axes.get_xlim() == (-5.0, 5.0) and axes.get_ylim() == (-5.0, 5.0)
+    assert axes.get_aspect() == 1.0
+    assert {-4.0, 0.0, 4.0} <= set(axes.get_xticks()) and len(axes.get_yticks()) >= 3
+    assert axes.get_xlabel() and axes.get_ylabel()
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "data", "samples", "mixture means"]
+    without_data = pictures.scatter_figure(np.zeros((3, 2)), data.TOY25_MEANS)
+    assert [t.get_text() for t in without_data.legends[0].get_texts()] == [
+        "samples", "mixture means"]
+    with pytest.raises(ValueError, match="size=10: expected at least 64"):
+        pictures.toy_scatter(np.zeros((3, 2)), data.TOY25_MEANS, size=10)
 
 
 # ---------------------------------------------------------------------------- tables
