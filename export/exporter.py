@@ -6,7 +6,9 @@ writes, from the run's latest (or a given) checkpoint, the version directory
 
     <step>/encoder/        reusable TF2 SavedModel (TF Hub format): __call__(images,
                            training=False) -> ALI features; signatures encode,
-                           encode_uint8, serving_default
+                           encode_uint8, serving_default; training endpoints
+                           encode_training, serving_default_training (for
+                           keras.layers.TFSMLayer's call_training_endpoint)
     <step>/generator/      SavedModel with signatures generate(z), reconstruct(images)
     <step>/metadata.json   variant, tuple set, shapes, value range, step, the run's flags
 
@@ -40,8 +42,8 @@ import tensorflow as tf
 from gali_tf import data, exports, files, run_dir, visualize
 from gali_tf.errors import ConfigError
 # The layout and its reader live in the library (gali_tf.exports); the writer is here.
-from gali_tf.exports import (ENCODER_DIR, FORMAT, GENERATOR_DIR, VALUE_RANGE,
-                             recover_versions)
+from gali_tf.exports import (ENCODER_DIR, FORMAT, GENERATOR_DIR, TRAINING_ENDPOINTS,
+                             VALUE_RANGE, recover_versions)
 
 def _tf_variables(keras_variables):
     """The tf.Variables behind Keras 3 variables: what tf_keras/hub.KerasLayer can train."""
@@ -73,12 +75,39 @@ def _encoder_outputs(encoder, images, z_noise=None, condition=None):
     }
 
 
+def _encoder_training_outputs(encoder, images, condition=None):
+    """encode's outputs with training=True (BatchNorm on batch statistics), for fine-tuning.
+
+    One forward pass, where the inference path runs two (E and E.features): each
+    training pass updates BatchNorm's moving averages, so two would count every batch
+    twice. mu and log_sigma are the last columns of the features (E's raw output,
+    `Encoder.features`). z_sample draws fresh noise: the reparameterised sample trains.
+    """
+    features = encoder.features(images, training=True, condition=condition)
+    latent = int(encoder.latent_dim)
+    raw = features[:, -latent * (2 if encoder.stochastic else 1):]
+    mu = raw[:, :latent]
+    stdev = tf.exp(raw[:, latent:]) if encoder.stochastic else tf.zeros_like(mu)
+    return {
+        "z_mean": mu,
+        "z_stdev": stdev,
+        "z_sample": mu + stdev * tf.random.normal(tf.shape(mu)),
+        "features": features,
+    }
+
+
 class EncoderModule(tf.train.Checkpoint):
     """The reusable SavedModel of the encoder (TF Hub's reusable-SavedModel API).
 
     The Keras encoder is held by plain closures, not as a tracked attribute: only the
     variable lists and the tf.functions are saved. With condition_dim > 0 (a conditional
     run) every signature also takes y and __call__ takes {"images": ..., "y": ...}.
+
+    `encode_training` and `serving_default_training` (exports.TRAINING_ENDPOINTS) give
+    encode's and serving_default's outputs with training=True, so Keras 3's
+    `TFSMLayer(call_training_endpoint=...)` fine-tunes with BatchNorm on batch
+    statistics. They are attributes, not signatures: a model server must never run a
+    function that updates BatchNorm's moving averages.
     """
 
     def __init__(self, encoder, example_shape, condition_dim: int = 0):
@@ -106,6 +135,17 @@ class EncoderModule(tf.train.Checkpoint):
                                                condition=y)}
 
         self.serving_default = tf.function(serving_default, input_signature=[spec] + y_specs)
+
+        def encode_training(images, y=None):
+            return _encoder_training_outputs(encoder, _checked(images, spec.shape), y)
+
+        def serving_default_training(images, y=None):
+            return {"features": self._features(_checked(images, spec.shape), training=True,
+                                               condition=y)}
+
+        self.encode_training = tf.function(encode_training, input_signature=[spec] + y_specs)
+        self.serving_default_training = tf.function(serving_default_training,
+                                                    input_signature=[spec] + y_specs)
         if len(shape) == 3:
             height, width, channels = shape
 
@@ -200,6 +240,10 @@ def metadata(run: run_dir.RestoredRun, flags_text: Optional[str]) -> dict:
                          + (["encode_uint8"] if len(shape) == 3 else []),
             GENERATOR_DIR: ["generate", "reconstruct", "serving_default"],
         },
+        # The encoder's fine-tuning twins (attributes, not signatures), keyed by the
+        # inference endpoint they pair with in TFSMLayer(call_endpoint=key,
+        # call_training_endpoint=value).
+        "training_endpoints": dict(TRAINING_ENDPOINTS),
     }
 
 

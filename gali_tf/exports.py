@@ -28,6 +28,11 @@ ENCODER_DIR = "encoder"
 GENERATOR_DIR = "generator"
 VALUE_RANGE = (-1.0, 1.0)
 FORMAT = "gali_tf-export-1"
+# The encoder's fine-tuning endpoints, keyed by the inference endpoint each repeats
+# with training=True (BatchNorm on batch statistics): Keras 3 fine-tunes the export
+# with TFSMLayer(call_endpoint=key, call_training_endpoint=value, trainable=True).
+# metadata.json records them as "training_endpoints"; exports before them lack it.
+TRAINING_ENDPOINTS = {"encode": "encode_training", "serving_default": "serving_default_training"}
 # Keys a reader of metadata.json relies on (older exports may lack newer ones).
 METADATA_KEYS = ("format", "image_shape", "latent_dim", "step")
 # A leftover whose owner cannot be checked (another host, or a name without one) is
@@ -59,6 +64,20 @@ def read_metadata(path: str, flag: str) -> dict:
     if missing:
         raise ConfigError(f"{flag}: {path} lacks {', '.join(missing)}; {fix}")
     return values
+
+
+def training_endpoint(metadata: dict, call_endpoint: str, flag: str) -> str:
+    """The training endpoint that pairs with `call_endpoint` in TFSMLayer, from a version's
+    metadata (read_metadata). Exports written before training endpoints existed lack
+    them and load fine otherwise, so the error says to re-export, in one line."""
+    endpoints = metadata.get("training_endpoints")
+    if not isinstance(endpoints, dict):
+        raise ConfigError(f"{flag}: the export has no training endpoints (written before "
+                          "them); re-export the run with export.main --overwrite")
+    if call_endpoint not in endpoints:
+        raise ConfigError(f"{flag}: no training endpoint pairs with {call_endpoint!r}; "
+                          f"expected call_endpoint one of {', '.join(sorted(endpoints))}")
+    return endpoints[call_endpoint]
 
 
 def host() -> str:

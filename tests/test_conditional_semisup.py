@@ -261,6 +261,9 @@ def test_export_of_a_conditional_run_takes_y_in_every_signature(conditional_run,
                                atol=1e-5)
     np.testing.assert_allclose(encoder.signatures["serving_default"](images=x, y=y)["features"],
                                features, atol=1e-5)
+    # The training endpoints take y too (last: training=True updates BatchNorm).
+    np.testing.assert_allclose(encoder.encode_training(x, y)["z_mean"],
+                               run.encoder(x, training=True, condition=y)[0], atol=1e-5)
     with pytest.raises(ConfigError, match="conditional run's encoder takes the label"):
         downstream.module_image_shape(os.path.join(version, exporter.ENCODER_DIR))
 

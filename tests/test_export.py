@@ -1,5 +1,6 @@
-"""Export: reload and compare every signature, hub.KerasLayer fine-tuning, TFSMLayer,
-atomic writes, overwrite, bad input, and a fresh process without gali_tf."""
+"""Export: reload and compare every signature, hub.KerasLayer fine-tuning, TFSMLayer
+(inference and fine-tuning through the training endpoints), atomic writes, overwrite,
+bad input, and a fresh process without gali_tf."""
 
 import json
 import os
@@ -72,6 +73,8 @@ def test_export_layout_and_metadata(exported, run_dir):
     assert meta["value_range"] == [-1.0, 1.0] and meta["step"] == 1
     assert meta["checkpoint"] == os.path.join(os.path.abspath(run_dir), "checkpoints", "ckpt-1")
     assert meta["flags"] == ["--tuples=gali4", "--width=4"]
+    assert meta["training_endpoints"] == {"encode": "encode_training",
+                                          "serving_default": "serving_default_training"}
     assert _leftovers(os.path.dirname(exported)) == []
 
 
@@ -158,6 +161,85 @@ def test_hub_keras_layer_fine_tunes(exported):
     history = model.fit(images, labels, batch_size=32, epochs=6, verbose=0).history["loss"]
     assert history[-1] < history[0]
     assert max(np.abs(b - w.numpy()).max() for b, w in zip(before, layer.trainable_weights)) > 0
+
+
+def test_training_endpoints_run_the_encoder_in_training_mode(exported, run_dir):
+    # A fresh restore: training=True updates BatchNorm's moving averages, and the
+    # module-scoped `restored` must keep its own for the inference comparisons.
+    run = restore_networks(run_dir)
+    x = _images(5, seed=3)
+    encoder = tf.saved_model.load(os.path.join(exported, "encoder"))
+    # Attributes, not signatures: a model server must not update BatchNorm.
+    assert set(encoder.signatures) == {"encode", "encode_uint8", "serving_default"}
+    out = encoder.encode_training(tf.constant(x))
+    features = run.encoder.features(x, training=True)
+    mu, log_sigma = run.encoder(x, training=True)
+    close = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["features"], features, **close)
+    np.testing.assert_allclose(out["z_mean"], mu, **close)
+    np.testing.assert_allclose(out["z_stdev"], tf.exp(log_sigma), **close)
+    assert sorted(out) == ["features", "z_mean", "z_sample", "z_stdev"]
+    np.testing.assert_allclose(encoder.serving_default_training(tf.constant(x))["features"],
+                               features, **close)
+    # Batch statistics, not the moving averages the inference endpoint uses.
+    inference = encoder.signatures["serving_default"](images=tf.constant(x))["features"]
+    assert np.abs(inference - features).max() > 1e-3
+    with pytest.raises((TypeError, ValueError)):
+        encoder.encode_training(tf.zeros((2, 8, 8, 3)))
+
+
+def _inference(path, endpoint, images):
+    """A fresh load's inference outputs: what the export on disk answers."""
+    return tf.saved_model.load(path).signatures[endpoint](images=tf.constant(images))
+
+
+@pytest.mark.parametrize("call_endpoint, output", [("serving_default", "features"),
+                                                   ("encode", "z_mean")])
+def test_tfsm_layer_fine_tunes_through_the_training_endpoint(exported, restored,
+                                                             call_endpoint, output):
+    path = os.path.join(exported, "encoder")
+    with open(os.path.join(exported, "metadata.json")) as f:
+        training_endpoint = exports.training_endpoint(json.load(f), call_endpoint, path)
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.TFSMLayer(path, call_endpoint=call_endpoint,
+                                   call_training_endpoint=training_endpoint, trainable=True)
+    inputs = keras.Input(SHAPE)
+    model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)[output]))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = _images(8, seed=4)
+    before = _inference(path, call_endpoint, x)
+    # E's kernels, BatchNorm scales and offsets train; the moving averages do not.
+    assert len(layer.trainable_weights) == len(restored.encoder.trainable_variables)
+    assert layer.non_trainable_weights
+    def values():
+        return [[w.numpy().copy() for w in weights]
+                for weights in (layer.trainable_weights, layer.non_trainable_weights)]
+
+    trainable, moving = values()
+    model.fit(x, np.ones((8, 2), np.float32), batch_size=4, epochs=1, verbose=0)  # 2 steps
+    trained, moved = values()
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(trainable, trained))
+    # Only a training=True pass updates BatchNorm's moving averages: the training
+    # endpoint ran, not the inference one.
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(moving, moved))
+    # Fine-tuning changes the layer's variables in memory, never the export on disk.
+    after = _inference(path, call_endpoint, x)[output]
+    np.testing.assert_allclose(after, before[output], rtol=1e-5, atol=1e-6)
+    assert np.abs(layer(tf.constant(x))[output] - before[output]).max() > 1e-4
+
+
+def test_training_endpoint_of_older_or_unpaired_exports_is_a_one_line_error():
+    meta = {"format": exports.FORMAT, "image_shape": [8, 8, 1], "latent_dim": 3, "step": 1}
+    with pytest.raises(ConfigError) as info:
+        exports.training_endpoint(meta, "encode", "hub/1/encoder")
+    assert str(info.value) == ("hub/1/encoder: the export has no training endpoints (written "
+                               "before them); re-export the run with export.main --overwrite")
+    meta["training_endpoints"] = dict(exports.TRAINING_ENDPOINTS)
+    with pytest.raises(ConfigError) as info:
+        exports.training_endpoint(meta, "encode_uint8", "hub/1/encoder")
+    assert str(info.value) == ("hub/1/encoder: no training endpoint pairs with 'encode_uint8'; "
+                               "expected call_endpoint one of encode, serving_default")
+    assert exports.training_endpoint(meta, "encode", "x") == "encode_training"
 
 
 def test_tfsm_layer_in_a_keras3_model(exported):
@@ -283,6 +365,9 @@ FRESH_PROCESS = textwrap.dedent("""
     inputs = keras.Input((8, 8, 1))
     out = keras.layers.TFSMLayer(path, call_endpoint="serving_default")(inputs)["features"]
     np.testing.assert_allclose(keras.Model(inputs, out)(x), features, rtol=1e-5, atol=1e-6)
+    tuned = keras.layers.TFSMLayer(path, call_endpoint="serving_default",
+                                   call_training_endpoint="serving_default_training")
+    assert tuned(x, training=True)["features"].shape == features.shape
     assert not [name for name in sys.modules if name.startswith("gali_tf")]
     print("fresh process ok", features.shape)
 """)
