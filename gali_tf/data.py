@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import os
 import re
 import sys
@@ -73,11 +74,13 @@ TOY25_MEANS = np.array([(x, y) for x in _TOY25_GRID for y in _TOY25_GRID], np.fl
 TOY25_STD = 0.05
 _TOY25_SIZES = {"train": (100_000, 0), "test": (10_000, 1)}  # split -> (n, RandomState seed)
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")   # what tf.io.decode_image reads
+# tf.io.decode_image reads the first five; WebP goes through Pillow (_decode_webp).
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Each format's magic bytes -> what a whole file ends with: JPEG's EOI marker, PNG's
 # empty IEND chunk with its CRC, GIF's trailer; BMP has none (such files are decoded in
-# full to be checked).
+# full to be checked). WebP ("RIFF", its length, "WEBP") has no end marker but states
+# its length (_webp_is_whole).
 _IMAGE_FORMATS = {b"\xff\xd8\xff": b"\xff\xd9", b"\x89PNG": _PNG_END, b"GIF8": b"\x3b",
                   b"BM": None}
 
@@ -90,7 +93,7 @@ class DataConfig:
     # TFDS data_dir (prepared data; loaded with download=False); fashion_mnist: the folder of
     # its four IDX files (or a TFDS data_dir), None = FASHION_MNIST_DIRS.
     data_dir: str | None = None
-    image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png/gif/bmp
+    image_dir: str | None = None  # dataset="folder": searched recursively for jpg/png/gif/bmp/webp
     image_size: int | None = None  # None = the dataset's default
     channels: int | None = None  # None = the dataset's default (digits 1, others 3)
     shuffle_buffer: int = 10_000
@@ -534,12 +537,24 @@ def folder_classes(cfg: DataConfig) -> tuple[str, ...]:
 
 
 def _read_ends(path: str) -> tuple[bytes, bytes]:
-    """The first 4 and the last len(_PNG_END) bytes of a file: two small reads."""
+    """The first 12 and the last len(_PNG_END) bytes of a file: two small reads."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(12)
         size = f.seek(0, os.SEEK_END)
         f.seek(max(0, size - len(_PNG_END)))
         return head, f.read()
+
+
+def _is_webp(head: bytes) -> bool:
+    """Whether a file starting with `head` (12 bytes or more) is WebP: a RIFF container
+    of type WEBP (other RIFF files, such as WAV, are not images)."""
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
+def _webp_is_whole(head: bytes, size: int) -> bool:
+    """Whether a WebP file of `size` bytes is as long as its RIFF header says: the
+    little-endian length at bytes 4-8 counts every byte after the first 8."""
+    return size == 8 + int.from_bytes(head[4:8], "little")
 
 
 def _decode_problem(path: str) -> Optional[str]:
@@ -576,8 +591,11 @@ def _image_problem(path: str) -> Optional[str]:
         if key not in _VERDICTS:
             head, tail = _read_ends(path)
             ends = [end for magic, end in _IMAGE_FORMATS.items() if head.startswith(magic)]
-            if not ends:
-                _VERDICTS[key] = "not a JPEG, PNG, GIF or BMP"
+            if _is_webp(head):
+                _VERDICTS[key] = (None if _webp_is_whole(head, stat.st_size)
+                                  else _decode_problem(path))
+            elif not ends:
+                _VERDICTS[key] = "not a JPEG, PNG, GIF, BMP or WebP"
             elif ends[0] is not None and tail.endswith(ends[0]):
                 _VERDICTS[key] = None
             else:
@@ -701,6 +719,30 @@ def _keep_readable(cfg: DataConfig) -> Callable:
     return keep
 
 
+def _pil_rgb(contents) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3] by Pillow: the first frame of an
+    animation, alpha dropped (as tf.io.decode_image drops a PNG's)."""
+    if isinstance(contents, np.ndarray):
+        # numpy_function passes bytes in a graph but a 0-d object array eagerly; not
+        # np.asarray(...).item() for both: numpy's bytes dtype drops trailing NULs.
+        contents = contents.item()
+    with Image.open(io.BytesIO(contents)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _decode_webp(contents: tf.Tensor) -> tf.Tensor:
+    """WebP bytes -> uint8 [H, W, 3], by Pillow in a tf.numpy_function.
+
+    Not tf.io.decode_image, although TF 2.21 reads some WebP: only at the file's own
+    channel count (no grey, no RGBA -> RGB), and an animated WebP comes out wrong and
+    corrupts the heap (measured: the process aborts). A Pillow error fails the element,
+    which `_decode_or_flag` turns into an unreadable file named as for other formats.
+    """
+    image = tf.numpy_function(_pil_rgb, [contents], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetStep:
     """Paths -> images. A file that passed `_image_problem` but still fails to decode
     (damaged between its intact ends, or changed since) stops the pipeline with an
@@ -711,14 +753,22 @@ def _folder_decoding(cfg: DataConfig, shape: tuple[int, int, int]) -> _DatasetSt
 
         def decoded(channels):
             return tf.io.decode_image(contents, channels=channels, expand_animations=False)
+        # By content, as _image_problem judged it: WebP never reaches tf.io.decode_image.
+        is_webp = tf.logical_and(tf.equal(tf.strings.substr(contents, 0, 4), b"RIFF"),
+                                 tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"))
+
+        def colour():
+            return tf.cond(is_webp, lambda: _decode_webp(contents), lambda: decoded(3))
         if shape[-1] == 1:
-            # TensorFlow decodes GIF and BMP to colour only: grey by its luma weights.
-            colour_only = tf.logical_or(tf.equal(tf.strings.substr(contents, 0, 3), b"GIF"),
-                                        tf.equal(tf.strings.substr(contents, 0, 2), b"BM"))
-            image = tf.cond(colour_only, lambda: tf.image.rgb_to_grayscale(decoded(3)),
+            # TensorFlow decodes GIF and BMP to colour only, Pillow WebP here too: grey
+            # by TensorFlow's luma weights for all three.
+            colour_only = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, 3), b"GIF"),
+                                         tf.equal(tf.strings.substr(contents, 0, 2), b"BM"),
+                                         is_webp])
+            image = tf.cond(colour_only, lambda: tf.image.rgb_to_grayscale(colour()),
                             lambda: decoded(1))
         else:
-            image = decoded(shape[-1])
+            image = colour()
         return _finish_uint8_image(_central_square_crop(image), shape)
 
     def apply(ds):
