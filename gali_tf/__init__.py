@@ -9,6 +9,12 @@ flags into its config dataclasses and call it; a notebook does the same:
         model=gali_tf.ModelConfig(tuples="gali4"), steps=500))
     run = gali_tf.restore("runs/notebook")   # run.encoder, run.generator, run.record
 
+Or on your own images (uint8 or floats in [-1, 1], a numpy array [N, H, W, C] or a
+tf.data.Dataset of images or batches) with your own Keras callbacks after the trainer's:
+
+    gali_tf.train(gali_tf.TrainConfig(model_dir="runs/mine", steps=500),
+                  dataset=my_images, callbacks=[my_callback])
+
 docs/architecture.md maps the modules.
 """
 

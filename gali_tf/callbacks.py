@@ -1,5 +1,6 @@
 """The Keras callbacks of a training run: stop on divergence or at the total step,
-checkpoint every N steps and at SIGTERM, and write TensorBoard scalars and images.
+checkpoint every N steps and at SIGTERM (and keep every M-th step's for good), and
+write TensorBoard scalars and images.
 
 Each works on a GALIModel (its `step` counter and `total_steps`) inside `model.fit`;
 `training.train` installs them.
@@ -22,6 +23,7 @@ import tensorflow as tf
 from gali_tf import run_dir, visualize
 from gali_tf.errors import ConfigError
 from gali_tf.evaluation import inpainting
+from gali_tf.model import STEP_PREFIX
 
 
 class TrainingDiverged(ConfigError):
@@ -158,9 +160,19 @@ def write_session_summary(writer, step: int, flags_text: Optional[str],
     writer.flush()
 
 
+def step_values(logs) -> dict:
+    """The values of the logged step alone, by metric name: the logs' STEP_PREFIX keys
+    (the others are running means since the epoch began)."""
+    return {name[len(STEP_PREFIX):]: value for name, value in (logs or {}).items()
+            if name.startswith(STEP_PREFIX)}
+
+
 class ScalarSummaries(keras.callbacks.Callback):
-    """Writes the step's metrics (running means over the epoch) to TensorBoard, under
-    `train/<name>`; `tags` renames some (the class probabilities, probability_tags)."""
+    """Writes every N-th step's own metrics (its losses, mean D probabilities, ...; not
+    Keras' running means over the epoch, whose smoothing restarts at each epoch) to
+    TensorBoard under `train/<name>`, and the last step's; `tags` renames some (the
+    class probabilities, probability_tags). Under a strategy they are the global batch's
+    values (train_step)."""
 
     def __init__(self, writer, every: int, tags: Optional[dict] = None):
         super().__init__()
@@ -170,8 +182,18 @@ class ScalarSummaries(keras.callbacks.Callback):
         step = int(self.model.step.numpy())
         if step % self.every == 0 or step >= self.model.total_steps:
             with self.writer.as_default(step=step):
-                for name, value in (logs or {}).items():
+                for name, value in step_values(logs).items():
                     tf.summary.scalar(f"train/{self.tags.get(name, name)}", float(value))
+
+
+def _save(manager: tf.train.CheckpointManager, model, step: int,
+          rolling: Optional[tf.train.CheckpointManager] = None) -> None:
+    """Saves the model as `manager`'s ckpt-<step>, never a non-finite checkpoint: it
+    would rotate the last good one away (TrainingDiverged names `rolling`'s newest, the
+    resume point)."""
+    if run_dir.nonfinite_variables(model.weights):
+        raise TrainingDiverged(step, "non-finite weights", rolling or manager)
+    manager.save(checkpoint_number=step)
 
 
 class CheckpointEvery(keras.callbacks.Callback):
@@ -184,10 +206,7 @@ class CheckpointEvery(keras.callbacks.Callback):
     def save(self):
         step = int(self.model.step.numpy())
         if self.manager.latest_checkpoint != self._path(step):
-            # Never a non-finite checkpoint: it would rotate the last good one away.
-            if run_dir.nonfinite_variables(self.model.weights):
-                raise TrainingDiverged(step, "non-finite weights", self.manager)
-            self.manager.save(checkpoint_number=step)
+            _save(self.manager, self.model, step)
 
     def _path(self, step):
         return f"{self.manager._checkpoint_prefix}-{step}"  # pylint: disable=protected-access
@@ -198,6 +217,33 @@ class CheckpointEvery(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.save()
+
+
+class KeepCheckpointEvery(keras.callbacks.Callback):
+    """Saves every step that is a multiple of N to `kept`, a manager of its own
+    directory that deletes nothing (RUN/checkpoints/kept/ckpt-<step>): those steps stay
+    to be evaluated or exported later, whatever the rolling --keep_checkpoints deletes.
+
+    A second manager rather than sparing some of the rolling one's files:
+    tf.train.CheckpointManager has no public way to spare one, and its state file then
+    keeps naming only what it rotates, so resume and every run_dir reader work on
+    either directory unchanged. The cost is a second write at steps both save.
+    """
+
+    def __init__(self, kept: tf.train.CheckpointManager, every: int,
+                 rolling: tf.train.CheckpointManager):
+        super().__init__()
+        self.kept, self.every, self.rolling = kept, every, rolling
+        self._saved = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.step.numpy())
+        # Once per step of this session (a skipped float16 step repeats its number), but
+        # a step kept by an earlier session is saved again: resumed from an older
+        # checkpoint, the run retrained it and goes on from the new weights.
+        if step % self.every == 0 and step != self._saved:
+            _save(self.kept, self.model, step, self.rolling)
+            self._saved = step
 
 
 class SaveAtSigterm(keras.callbacks.Callback):

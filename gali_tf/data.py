@@ -123,7 +123,19 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------- config
 
 
+# RunRecord.dataset (and the `dataset` training flag) of a run trained on the images a
+# caller passed to gali_tf.train(dataset=...), not on a DataConfig source: no tool can
+# read them again.
+CALLER_DATA = "caller"
+
+
 def _check_config(cfg: DataConfig) -> None:
+    if cfg.dataset == CALLER_DATA:
+        raise DataError(
+            f"--dataset={CALLER_DATA}: the run was trained on images passed to "
+            "gali_tf.train(dataset=...), which it does not keep, so no tool can read them; "
+            "use gali_tf.restore(MODEL_DIR) with those images in Python, or train on a "
+            "folder of them (--dataset=folder)")
     if cfg.dataset not in DATASETS:
         raise DataError(
             f"--dataset={cfg.dataset}: unknown dataset "

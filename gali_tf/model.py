@@ -63,6 +63,12 @@ class ModelConfig:
 
 D_FORWARDS = ("fresh", "shared")
 
+# train_step's logs hold each metric twice: under its name, the running mean since the
+# epoch began (Keras' convention: fit's history, the progress line), and under
+# STEP_PREFIX + name, the value of that step alone (the TensorBoard curves), as
+# Keras names validation metrics "val_" + name.
+STEP_PREFIX = "step_"
+
 
 def check_model_config(config: ModelConfig,
                        has_feature_model: bool | None = None) -> tuples.TupleSet:
@@ -435,6 +441,11 @@ class GALIModel(keras.Model):
         return d_per_example, logits, g_per_example, l2
 
     def train_step(self, data):
+        """One D/E/G step; returns the logs described at STEP_PREFIX.
+
+        Each replica returns its own share's values; fit averages them over the replicas
+        (equal shares: the global batch's value), the running means and step values alike.
+        """
         # data: [batch, n_dis, ...] when n_dis > 1 (one real batch per D step), else [batch, ...];
         # conditional: (images, y float [batch, (n_dis,) condition_dim]); semi-supervised:
         # (images, labels int [batch, (n_dis)], -1 = unlabelled).
@@ -470,17 +481,25 @@ class GALIModel(keras.Model):
             labelled = tf.cast(labels[-1] >= 0, tf.float32)
             correct = tf.cast(tf.equal(objectives.label_predictions(d_logits[0], self.label_classes),
                                        tf.cast(labels[-1], tf.int32)), tf.float32)
-            self._trackers["label_acc"].update_state(correct, sample_weight=labelled)
             d_logits = objectives.merge_label_logits(d_logits, self.label_classes)
 
-        self._trackers["d_loss"].update_state(d_loss)
-        self._trackers["g_loss"].update_state(g_loss)
-        self._trackers["noise_std"].update_state(std)
+        values = {"d_loss": tf.reduce_mean(d_loss), "g_loss": tf.reduce_mean(g_loss),
+                  "noise_std": std}
+        weights = {}
         if "l2" in self._trackers:
-            self._trackers["l2"].update_state(l2)
+            values["l2"] = tf.reduce_mean(l2)
         for c, p in enumerate(tf.unstack(objectives.own_class_probabilities(d_logits))):
-            self._trackers[f"p{c + 1}"].update_state(p)
+            values[f"p{c + 1}"] = p
+        if self.label_classes:
+            # Over this step's labelled examples (0 when it has none); the running mean
+            # weighs each step by its count, so it is the accuracy over all of them.
+            weights["label_acc"] = tf.reduce_sum(labelled)
+            values["label_acc"] = tf.math.divide_no_nan(tf.reduce_sum(correct * labelled),
+                                                        weights["label_acc"])
+        for name, value in values.items():
+            self._trackers[name].update_state(value, sample_weight=weights.get(name))
         logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs.update({STEP_PREFIX + name: value for name, value in values.items()})
         if tf.distribute.get_strategy().extended._in_multi_worker_mode():  # pylint: disable=protected-access
             # Keras 3.15's fit averages multi-worker logs with strategy.reduce(MEAN,
             # axis=0), which fails on scalars ("Invalid reduction dimension 0").

@@ -5,7 +5,10 @@ that are whole, and the history of the flags it was trained with.
     RUN/flags.txt            the last session's effective flags, a runnable flagfile
     RUN/flags_history.jsonl  one line per training session: its start step and changes
     RUN/trainer.lock         held (flock) by the one trainer writing RUN
-    RUN/checkpoints/         tf.train.CheckpointManager's ckpt-<step>.{index,data-*}
+    RUN/checkpoints/         tf.train.CheckpointManager's ckpt-<step>.{index,data-*}, the
+                             newest --keep_checkpoints (the resume point)
+    RUN/checkpoints/kept/    ckpt-<step> of every --keep_checkpoint_every multiple, never
+                             deleted (a second manager's directory: the same layout)
 
 Readers (training's resume, evaluation, export) never trust a checkpoint's name alone:
 `latest_complete_checkpoint` reads every tensor of the candidate and falls back, with a
@@ -42,6 +45,7 @@ RUN_RECORD = "run.json"
 FLAGS_FILE = "flags.txt"
 FLAGS_HISTORY = "flags_history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+KEPT_CHECKPOINT_DIR = os.path.join(CHECKPOINT_DIR, "kept")
 LOCK_FILE = "trainer.lock"
 _STATE_FILE = "checkpoint"    # tf.train.CheckpointManager's state file
 _CHECKPOINT_NAME = re.compile(r"^(.*)-(\d+)$")
@@ -188,6 +192,16 @@ def find_checkpoint(directory: str, skip_nonfinite: bool = False,
         on_warning(f"checkpoint {path} is skipped: {problem}")
         skipped.append(path)
     return CheckpointSearch(None, tuple(recorded), tuple(skipped), readable)
+
+
+def step_checkpoint(model_dir: str, step: int) -> Optional[str]:
+    """The prefix of the run's checkpoint of `step`, rolling or kept, or None when
+    neither directory holds one (check it with `checkpoint_problem` before use)."""
+    for directory in (CHECKPOINT_DIR, KEPT_CHECKPOINT_DIR):
+        path = os.path.join(model_dir, directory, f"ckpt-{int(step)}")
+        if tf.io.gfile.exists(path + ".index"):
+            return path
+    return None
 
 
 def latest_complete_checkpoint(directory: str, skip_nonfinite: bool = False,

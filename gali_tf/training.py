@@ -1,7 +1,8 @@
 """The training engine: strategy, data, model, resume and fit (its callbacks live in
 gali_tf.callbacks, the run directory's files in gali_tf.run_dir).
 
-`train(config)` is what `python -m trainers.main` runs. Re-running it on the same
+`train(config)` is what `python -m trainers.main` runs; `train(config, dataset=...)`
+trains on the caller's images instead of config.data's. Re-running it on the same
 `model_dir` resumes from the last checkpoint; `steps`/`epochs` count the total.
 Nothing in `model_dir` is written before every input has been checked and any
 existing checkpoint has been restored.
@@ -18,9 +19,10 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from gali_tf import callbacks as callbacks_lib
@@ -57,7 +59,10 @@ class TrainConfig:
     # run; 0: only at the end.
     eval_every: int = 1000
     checkpoint_every: int = 500      # also saved at SIGTERM and at the end
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3        # the newest checkpoints kept (the resume points)
+    # Also keep, for good, the checkpoint of every step that is a multiple of this (in
+    # RUN/checkpoints/kept/), to evaluate or export those steps later; 0: none.
+    keep_checkpoint_every: int = 0
     verbose: int = 1
     # Resume with training flags other than the run's (they take effect; the run's
     # flags_history.jsonl records the change).
@@ -67,6 +72,8 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     step: int
+    # fit's last logs: the last epoch's running means, and the last step's own values
+    # under model.STEP_PREFIX names.
     metrics: dict
     test_pixel_mse: Optional[reconstruction.MSEResult]
     # MSE between M(x) and M(G(mu(E(x)))) on the test split, when M is configured.
@@ -142,7 +149,7 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 SESSION_FIELDS = frozenset({
     "model_dir", "steps", "epochs", "strategy", "jit_compile", "steps_per_execution",
     "mixed_precision", "log_every", "image_every", "eval_every", "checkpoint_every",
-    "keep_checkpoints",
+    "keep_checkpoints", "keep_checkpoint_every",
     "verbose", "allow_flag_changes", "data_dir", "skip_bad_images",
     # Derived from the data and strategy, and compared as architecture instead.
     "example_shape", "feature_dim", "condition_dim", "label_classes", "synchronized_bn"})
@@ -245,8 +252,16 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
     return model, checkpoint, network_config
 
 
-def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
+def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
+          flags_text: Optional[str] = None) -> TrainResult:
     """Trains (or resumes) a run; returns its final step, metrics and test pixel MSE.
+
+    `dataset`: the caller's training images instead of `config.data`'s source (see
+    `caller_data` for what it accepts); the run then has no test split, and its record
+    names the data CALLER_DATA. Resuming takes the same data again. (Under multi_worker
+    pass a numpy array: making a Dataset before this call starts TensorFlow before the
+    strategy can configure it.) `callbacks`: Keras callbacks run after the trainer's own
+    (checkpoints, summaries) in `model.fit`; `self.model.step` is the run's step.
 
     Under multi_worker every worker runs this with the same config; the chief writes
     `model_dir` and the other workers write the same files to a temporary directory
@@ -263,6 +278,12 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
                           "number of steps > 0, or of epochs > 0 with --steps=0")
     if config.steps_per_execution < 1:
         raise ConfigError(f"--steps_per_execution={config.steps_per_execution}: expected >= 1")
+    if config.keep_checkpoint_every < 0:
+        raise ConfigError(f"--keep_checkpoint_every={config.keep_checkpoint_every}: expected "
+                          ">= 0 (0 = keep only the newest --keep_checkpoints)")
+    if dataset is not None and (config.model.conditional or config.model.num_labeled):
+        raise ConfigError("train(dataset=...) takes unlabelled images: --conditional and "
+                          "--num_labeled train on config.data's labelled dataset")
     # Before any other TF op: MultiWorkerMirroredStrategy configures the runtime.
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -274,7 +295,11 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
         raise ConfigError(f"--steps_per_execution={config.steps_per_execution} needs a single "
                           f"replica (Keras fails with {replicas} replicas of --strategy="
                           f"{config.strategy}); use 1")
-    info = data_lib.dataset_info(config.data)
+    caller = None
+    if dataset is not None:
+        caller = caller_data(dataset, config.data)
+        config = dataclasses.replace(config, data=caller.data_config)
+    info = caller.info if caller else data_lib.dataset_info(config.data)
     if config.model.conditional or config.model.num_labeled:
         _check_labels(config, info)
     # M is loaded (and every --feature_* flag checked) before anything is built or written.
@@ -288,7 +313,8 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
     # Multi-worker runs lock on the chief: the other workers write to temp directories.
     with (run_dir.locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
         start_step = _resume(config, model, checkpoint, chief)
-        train_ds = _train_dataset(config, info, start_step)
+        train_ds = (_caller_train_dataset(caller, config, start_step) if caller
+                    else _train_dataset(config, info, start_step))
         if start_step == 0:
             first = next(iter(train_ds))
             first = first[0] if isinstance(first, tuple) else first
@@ -307,18 +333,26 @@ def train(config: TrainConfig, flags_text: Optional[str] = None) -> TrainResult:
             _write_run_files(config, write_dir, record, flags_text, start_step, changes)
             return _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds,
                                      start_step, write_dir, chief, feature_model,
-                                     execution.jit_compile, record, flags_text)
+                                     execution.jit_compile, record, flags_text,
+                                     list(callbacks))
         except Exception as error:  # pylint: disable=broad-except
             reason = run_dir.storage_failure(error)
             if reason is None:
                 raise
-            run_dir.remove_failed_saves(os.path.join(write_dir, run_dir.CHECKPOINT_DIR))
+            for directory in checkpoint_dirs(write_dir):
+                run_dir.remove_failed_saves(directory)
             raise ConfigError(f"--model_dir={config.model_dir}: cannot write ({reason}); "
                               "free space or fix the permissions, then run the same command "
                               "again to resume from the last checkpoint") from None
         finally:
             if not chief:
                 shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def checkpoint_dirs(model_dir: str) -> List[str]:
+    """The rolling checkpoints' directory (resume points) and the kept ones'."""
+    return [os.path.join(model_dir, d)
+            for d in (run_dir.CHECKPOINT_DIR, run_dir.KEPT_CHECKPOINT_DIR)]
 
 
 def _resume(config: TrainConfig, model, checkpoint: tf.train.Checkpoint, chief: bool) -> int:
@@ -335,7 +369,8 @@ def _resume(config: TrainConfig, model, checkpoint: tf.train.Checkpoint, chief: 
                           f"{checkpoint_dir} can be restored (see the warnings above); move "
                           "them away to start over, or use a new --model_dir")
     if chief:
-        run_dir.remove_failed_saves(checkpoint_dir)
+        for directory in checkpoint_dirs(config.model_dir):
+            run_dir.remove_failed_saves(directory)
         if search.skipped or not search.state_readable:
             run_dir.rewrite_checkpoint_state(
                 checkpoint_dir, [p for p in search.recorded if p not in search.skipped])
@@ -369,6 +404,145 @@ def _train_dataset(config: TrainConfig, info: data_lib.DatasetInfo,
     return data_lib.make_dataset(
         config.data, "train", config.batch_size, shuffle=True, repeat=True,
         seed=train_seed, group=config.model.n_dis)
+
+
+# ----------------------------------------------------------- the caller's own data
+
+CALLER_DATA = data_lib.CALLER_DATA
+
+
+class CallerData(NamedTuple):
+    """The caller's images as the run reads them (`caller_data`)."""
+
+    images: tf.data.Dataset          # one epoch of single images, values as given
+    info: data_lib.DatasetInfo
+    data_config: data_lib.DataConfig  # what the run records: CALLER_DATA, size, channels
+    shuffle: bool                    # a numpy array: shuffled by the run each epoch
+
+
+def _caller_error(what: str) -> ConfigError:
+    return ConfigError(f"train(dataset=...): {what}")
+
+
+def caller_images(data) -> tf.data.Dataset:
+    """The caller's data as a dataset of single images, values as given.
+
+    A numpy array [N, H, W, C], or a tf.data.Dataset of images [H, W, C] or of batches
+    [B, H, W, C] (unbatched: the run batches by its own batch_size, which its losses
+    are reduced by). No labels: conditional and semi-supervised runs need config.data.
+    """
+    if isinstance(data, np.ndarray):
+        if data.ndim != 4:
+            raise _caller_error(f"an array of shape {list(data.shape)}; expected images "
+                                "[N, H, W, C]")
+        return tf.data.Dataset.from_tensor_slices(data)
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tf.TensorSpec) or spec.shape.rank not in (3, 4):
+            raise _caller_error(f"elements {spec}; expected images [H, W, C] or batches "
+                                "[B, H, W, C], without labels")
+        if data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise _caller_error("an endless dataset; expected one pass over the images "
+                                "(the run repeats it)")
+        return data.unbatch() if spec.shape.rank == 4 else data
+    raise _caller_error(f"a {type(data).__name__}; expected a tf.data.Dataset or a numpy "
+                        "array of images")
+
+
+def check_caller_shape(shape, config: data_lib.DataConfig) -> None:
+    """Square images of config's image_size and channels where it sets them (None: any)."""
+    height, _, channels = shape
+    if channels not in (1, 3):
+        raise _caller_error(f"images of shape {list(shape)}; expected 1 or 3 channels")
+    size = config.image_size or height
+    expected = (size, size, config.channels or channels)
+    if tuple(shape) != expected:
+        settings = ([f"image_size={config.image_size}"] if config.image_size else []) + (
+            [f"channels={config.channels}"] if config.channels else [])
+        why = f"config.data's {', '.join(settings)}" if settings else "square images"
+        raise _caller_error(f"images of shape {list(shape)}; expected {list(expected)} "
+                            f"({why})")
+
+
+def check_caller_values(dtype: tf.DType, low: float, high: float, seen: str) -> None:
+    """uint8 pixels, or floats in [-1, 1]: the range every image of the run is in.
+
+    Floats in [0, 1] cannot be told from dark [-1, 1] images by range, only suspected:
+    a warning, when none of `seen` is negative.
+    """
+    if dtype == tf.uint8:
+        return
+    if not dtype.is_floating:
+        raise _caller_error(f"{dtype.name} images; expected uint8 (0..255) or floats in "
+                            "[-1, 1]")
+    if low < -1.0 or high > 1.0:
+        raise _caller_error(f"float images with values in [{low:.4g}, {high:.4g}] ({seen}); "
+                            "expected [-1, 1], or uint8 for 0..255")
+    if low >= 0.0:
+        run_dir.warn(f"train(dataset=...): no negative value in {seen}: images in [0, 1]? "
+                     "The run expects [-1, 1] (x * 2 - 1)")
+
+
+def to_model_range(image: tf.Tensor, shape) -> tf.Tensor:
+    """A checked caller image (check_caller_values) as float32 in [-1, 1]."""
+    if image.dtype == tf.uint8:
+        return data_lib.images_from_uint8(image, shape[0], shape[1])
+    return tf.cast(image, tf.float32)
+
+
+def caller_data(data, config: data_lib.DataConfig) -> CallerData:
+    """Checks and describes the caller's images (`caller_images`) for a run.
+
+    Values: uint8 0..255, or floats in [-1, 1], checked on the whole array or on a
+    Dataset's first image. Size: a Dataset of unknown length is counted once, one pass
+    (`.apply(tf.data.experimental.assert_cardinality(n))` spares it); an epoch is one
+    pass. A Dataset is read in its own order each epoch (shuffle it in its pipeline); a
+    numpy array is shuffled as config.data's sources are (shuffle_buffer, --seed).
+    """
+    images = caller_images(data)
+    dtype = images.element_spec.dtype
+    if isinstance(data, np.ndarray):
+        shape = tuple(data.shape[1:])
+        low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+        seen = "the array"
+    else:
+        first = next(iter(images.take(1)), None)
+        if first is None:
+            raise _caller_error("an empty dataset; expected images")
+        shape = tuple(int(d) for d in first.shape)
+        low, high = float(tf.reduce_min(first)), float(tf.reduce_max(first))
+        seen = "its first image"
+    check_caller_shape(shape, config)
+    check_caller_values(dtype, low, high, seen)
+    count = int(images.cardinality())
+    if count < 0:
+        count = int(images.reduce(np.int64(0), lambda n, _: n + 1))
+    if count == 0:
+        raise _caller_error("no images; expected at least one")
+    info = data_lib.DatasetInfo(name=CALLER_DATA, example_shape=shape, num_train=count,
+                                num_test=0, num_classes=0, is_image=True)
+    data_config = dataclasses.replace(config, dataset=CALLER_DATA, image_size=shape[0],
+                                      channels=shape[2], data_dir=None, image_dir=None)
+    return CallerData(images, info, data_config, shuffle=isinstance(data, np.ndarray))
+
+
+def _caller_train_dataset(caller: CallerData, config: TrainConfig,
+                          start_step: int) -> tf.data.Dataset:
+    """Endless batches of the caller's images in [-1, 1], as _train_dataset's: shuffled
+    (a numpy array) before conversion, so the buffer holds the images as given, and
+    grouped by n_dis."""
+    images = caller.images
+    if caller.shuffle:
+        # Seeded by the start step, as _train_dataset: reproducible per (run, session).
+        images = images.shuffle(config.data.shuffle_buffer, seed=config.model.seed + start_step,
+                                reshuffle_each_iteration=True)
+    shape = caller.info.example_shape
+    images = images.repeat().map(
+        lambda image: tf.ensure_shape(to_model_range(image, shape), shape),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if config.model.n_dis > 1:
+        images = images.batch(config.model.n_dis, drop_remainder=True)
+    return images.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def _write_run_files(config: TrainConfig, write_dir: str, record: run_dir.RunRecord,
@@ -405,10 +579,10 @@ def _check_labels(config: TrainConfig, info: data_lib.DatasetInfo) -> None:
 
 def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start_step,
                       write_dir, chief, feature_model, jit_compile, record,
-                      flags_text) -> TrainResult:
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(write_dir, run_dir.CHECKPOINT_DIR),
-        max_to_keep=config.keep_checkpoints)
+                      flags_text, extra_callbacks) -> TrainResult:
+    rolling_dir, kept_dir = checkpoint_dirs(write_dir)
+    manager = tf.train.CheckpointManager(checkpoint, rolling_dir,
+                                         max_to_keep=config.keep_checkpoints)
 
     model.compile(optimizer=None, jit_compile=jit_compile,
                   steps_per_execution=config.steps_per_execution)
@@ -447,6 +621,10 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
         saver,
         preemption,
     ]
+    if config.keep_checkpoint_every > 0:
+        kept = tf.train.CheckpointManager(checkpoint, kept_dir, max_to_keep=None)
+        callbacks.append(callbacks_lib.KeepCheckpointEvery(kept, config.keep_checkpoint_every,
+                                                           manager))
     if config.verbose and chief:
         # verbose=1: redrawn in place on a terminal; 2 (or a log file): a line per 5%.
         callbacks.append(callbacks_lib.RunProgress(
@@ -458,6 +636,7 @@ def _fit_and_evaluate(config, strategy, model, checkpoint, info, train_ds, start
     if info.is_image and config.image_every > 0 and chief:
         callbacks.append(callbacks_lib.ImageSummaries(writer, config.image_every,
                                                       test_ds or train_ds))
+    callbacks += extra_callbacks
 
     history = {}
     if start_step < model.total_steps:

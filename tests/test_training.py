@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,6 +38,8 @@ def test_resume_continues_the_step_count(tmp_path):
     resumed = training.train(tiny_config(tmp_path, steps=5))
     assert resumed.step == 5
     assert os.path.basename(tf.train.latest_checkpoint(tmp_path / "checkpoints")) == "ckpt-5"
+    # --keep_checkpoint_every is off by default: nothing is kept beyond the rolling ones.
+    assert not (tmp_path / "checkpoints" / "kept").exists()
 
 
 def test_progress_is_one_display_over_the_run_s_total_steps(tmp_path, capsys):
@@ -209,3 +212,256 @@ def test_the_python_api_trains_and_restores_a_run(tmp_path):
     assert run.generator(tf.zeros([1, 3]), training=False).shape == (1, 8, 8, 1)
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         gali_tf.trian  # pylint: disable=pointless-statement
+
+
+class _LogsByStep(keras.callbacks.Callback):
+    """A caller's callback: keeps each step's Keras logs by the run's step."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs[int(self.model.step.numpy())] = {k: float(v) for k, v in logs.items()}
+
+
+def _scalars(model_dir, tag) -> dict:
+    values = {}
+    for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_tensorboard_scalars_are_each_logged_step_s_own_values(tmp_path):
+    """train/* holds every --log_every-th step's own value (and the last step's), not
+    Keras' running mean over the epoch: the step value is what moves the mean,
+    k * mean_k - (k - 1) * mean_(k-1) within an epoch (30 steps of 50 digits here)."""
+    recorder = _LogsByStep()
+    # A high learning rate, so that successive steps' losses differ clearly.
+    training.train(dataclasses.replace(tiny_config(tmp_path, steps=5, learning_rate=0.01),
+                                       log_every=2, image_every=0, eval_every=0),
+                   callbacks=[recorder])
+    logs = recorder.logs
+    assert sorted(logs) == [1, 2, 3, 4, 5]
+    for name, tag in (("d_loss", "train/d_loss"), ("g_loss", "train/g_loss"),
+                      ("p1", "train/p/x,E(x)"), ("p3", "train/p/G(z),z")):
+        written = _scalars(tmp_path, tag)
+        assert sorted(written) == [2, 4, 5], tag
+        for k, value in written.items():
+            own = k * logs[k][name] - (k - 1) * logs[k - 1][name]
+            assert value == pytest.approx(own, abs=2e-5), (tag, k)
+            assert value == pytest.approx(logs[k]["step_" + name], abs=1e-6), (tag, k)
+    # Where the running mean and the step's value differ, the step's was written.
+    written = _scalars(tmp_path, "train/g_loss")
+    assert all(abs(value - logs[k]["g_loss"]) > 1e-3 for k, value in written.items()
+               if k > 1), ({k: v - logs[k]["g_loss"] for k, v in written.items()})
+    assert not any(t.startswith("train/step_") for t in _tags(tmp_path))
+
+
+def test_step_values_are_the_global_batch_s_under_a_strategy():
+    """Two replicas log what one device logs for the same global batch: each step value
+    (as each running mean) is reduced over the replicas, not replica 0's share."""
+    from gali_tf.model import GALIModel
+    network = networks.NetworkConfig(arch="small", example_shape=(8, 8, 1), latent_dim=3,
+                                     width=4)
+
+    def model(**network_options):
+        built = GALIModel(dataclasses.replace(network, **network_options), ModelConfig(),
+                          global_batch_size=4, total_steps=1, steps_per_epoch=1)
+        built.build()
+        built.compile(optimizer=None, jit_compile=False)
+        return built
+
+    single = model()
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        mirrored = model(synchronized_bn=True)
+    for part in ("encoder", "generator", "discriminator"):
+        for source, target in zip(getattr(single, part).weights, getattr(mirrored, part).weights):
+            target.assign(source.numpy())
+    # Replica 0's half unlike replica 1's: one replica's values would not pass for both.
+    x = tf.constant(np.concatenate([np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)),
+                                    np.ones((2, 8, 8, 1))]), tf.float32)
+    logs = [m.fit(tf.data.Dataset.from_tensors(x).repeat(), steps_per_epoch=1, epochs=1,
+                  shuffle=False, verbose=0).history for m in (single, mirrored)]
+    assert {"step_d_loss", "step_g_loss", "step_p1", "d_loss"} <= set(logs[0])
+    for name, values in logs[0].items():
+        assert logs[1][name][-1] == pytest.approx(values[-1], rel=1e-4, abs=1e-5), name
+
+
+def _checkpoint_steps(directory) -> list:
+    from gali_tf import run_dir
+    return sorted(run_dir.checkpoint_step(p) for p in run_dir.recorded_checkpoints(
+        str(directory))[0])
+
+
+class _EncoderWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.by_step = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.by_step[int(self.model.step.numpy())] = self.model.encoder.get_weights()
+
+
+def test_keep_checkpoint_every_keeps_its_multiples_past_the_rolling_ones(tmp_path):
+    from gali_tf import run_dir
+    config = dataclasses.replace(tiny_config(tmp_path, steps=5), checkpoint_every=1,
+                                 keep_checkpoints=1, keep_checkpoint_every=2, image_every=0,
+                                 eval_every=0, log_every=5)
+    weights = _EncoderWeights()
+    training.train(config, callbacks=[weights])
+    assert _checkpoint_steps(tmp_path / "checkpoints") == [5]
+    assert _checkpoint_steps(tmp_path / run_dir.KEPT_CHECKPOINT_DIR) == [2, 4]
+    assert sorted(os.path.basename(p) for p in glob.glob(
+        str(tmp_path / run_dir.KEPT_CHECKPOINT_DIR / "*.index"))) == [
+            "ckpt-2.index", "ckpt-4.index"]
+    # Each kept checkpoint restores that step's weights, found by its step.
+    for step in (2, 4):
+        run = run_dir.restore_networks(str(tmp_path), run_dir.step_checkpoint(str(tmp_path),
+                                                                              step))
+        assert run.step == step
+        for restored, trained in zip(run.encoder.get_weights(), weights.by_step[step]):
+            np.testing.assert_array_equal(restored, trained)
+    assert run_dir.step_checkpoint(str(tmp_path), 5).endswith("checkpoints/ckpt-5")
+    assert run_dir.step_checkpoint(str(tmp_path), 3) is None
+    # A resumed session adds its multiples to the kept ones.
+    training.train(dataclasses.replace(config, steps=7))
+    assert _checkpoint_steps(tmp_path / "checkpoints") == [7]
+    assert _checkpoint_steps(tmp_path / run_dir.KEPT_CHECKPOINT_DIR) == [2, 4, 6]
+
+
+def test_a_kept_step_retrained_after_resuming_from_before_it_is_kept_anew(tmp_path):
+    from gali_tf import run_dir
+    config = dataclasses.replace(tiny_config(tmp_path, steps=2), checkpoint_every=1,
+                                 keep_checkpoints=3, keep_checkpoint_every=2, image_every=0,
+                                 eval_every=0, log_every=2)
+    kept, rolling = (str(tmp_path / run_dir.KEPT_CHECKPOINT_DIR / "ckpt-2"),
+                     str(tmp_path / "checkpoints" / "ckpt-2"))
+
+    def encoder(path):
+        return run_dir.restore_networks(str(tmp_path), path).encoder.get_weights()
+
+    training.train(config)
+    before = encoder(kept)
+    # As if the trainer died after keeping step 2 but before its rolling save.
+    run_dir.rewrite_checkpoint_state(str(tmp_path / "checkpoints"),
+                                     [str(tmp_path / "checkpoints" / "ckpt-1")])
+    training.train(config)   # step 2 again, on other data (reshuffled from step 1)
+    assert _checkpoint_steps(tmp_path / run_dir.KEPT_CHECKPOINT_DIR) == [2]
+    now = encoder(kept)
+    for weight, retrained in zip(now, encoder(rolling)):
+        np.testing.assert_array_equal(weight, retrained)
+    assert any(not np.array_equal(n, b) for n, b in zip(now, before))
+
+
+def test_a_negative_keep_checkpoint_every_is_refused_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match="^--keep_checkpoint_every=-1: expected >= 0"):
+        training.train(dataclasses.replace(tiny_config(tmp_path / "run"),
+                                           keep_checkpoint_every=-1))
+    assert not (tmp_path / "run").exists()
+
+
+class _Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(int(self.model.step.numpy()))
+
+
+def test_the_python_api_trains_on_the_caller_s_array_with_its_callbacks(tmp_path):
+    import gali_tf
+    from gali_tf import run_dir
+    images = np.random.default_rng(0).integers(0, 256, size=(120, 8, 8, 3), dtype=np.uint8)
+    # config.data names a dataset that is not prepared here: it is not read.
+    config = dataclasses.replace(tiny_config(tmp_path, steps=2), image_every=1,
+                                 data=data.DataConfig(dataset="svhn_cropped"))
+    steps = _Steps()
+    result = gali_tf.train(config, dataset=images, callbacks=[steps])
+    assert result.step == 2 and steps.steps == [1, 2] and result.test_pixel_mse is None
+    record = run_dir.read_run_record(str(tmp_path))
+    assert record.dataset == training.CALLER_DATA == "caller"
+    assert record.example_shape == (8, 8, 3)
+    assert record.training["dataset"] == "caller" and record.training["channels"] == 3
+    assert "samples" in _tags(tmp_path)
+    # The same data again resumes the run; its checkpoints restore.
+    resumed = gali_tf.train(dataclasses.replace(config, steps=3), dataset=images,
+                            callbacks=[steps])
+    assert resumed.step == 3 and steps.steps == [1, 2, 3]
+    run = gali_tf.restore(str(tmp_path))
+    assert run.step == 3 and run.generator(tf.zeros([1, 3])).shape == (1, 8, 8, 3)
+    # Resuming on a configured source instead is training on other data: refused.
+    digits = data.DataConfig(dataset="digits", image_size=8, channels=3)
+    with pytest.raises(ConfigError, match="--dataset='caller' .now 'digits'."):
+        gali_tf.train(dataclasses.replace(config, steps=4, data=digits))
+    # The evaluation tools read the run's data, which the run does not keep: one line.
+    from gali_tf.evaluation import suite
+    with pytest.raises(data.DataError, match=r"^--dataset=caller: the run was trained on "
+                       r"images passed to gali_tf.train\(dataset=...\)"):
+        suite.evaluate_run(str(tmp_path), suite.EvalConfig(fid_cache_dir=""))
+
+
+def test_the_python_api_trains_on_the_caller_s_batched_float_dataset(tmp_path):
+    import gali_tf
+    images = np.random.default_rng(0).uniform(-1, 1, size=(130, 8, 8, 1)).astype(np.float32)
+    # Batches of another size are re-batched by --batch_size (x --n_dis); the unknown
+    # length is counted: 130 images, one step of 2 x 50 per epoch.
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(7)
+    config = dataclasses.replace(
+        tiny_config(tmp_path, steps=2, tuples="ali", n_dis=2), image_every=0,
+        data=data.DataConfig(image_size=8, channels=1))
+    result = gali_tf.train(config, dataset=dataset)
+    assert result.step == 2 and result.model.steps_per_epoch == 1
+    assert result.model.network_config.example_shape == (8, 8, 1)
+
+
+CALLER_DATA_ERRORS = [
+    (np.zeros((4, 8, 8), np.uint8), {}, r"an array of shape \[4, 8, 8\]; expected images "
+                                        r"\[N, H, W, C\]"),
+    (np.zeros((4, 8, 8, 3), np.uint8), {"image_size": 16},
+     r"images of shape \[8, 8, 3\]; expected \[16, 16, 3\] \(config.data's image_size=16\)"),
+    (np.zeros((4, 8, 8, 3), np.uint8), {"channels": 1},
+     r"images of shape \[8, 8, 3\]; expected \[8, 8, 1\] \(config.data's channels=1\)"),
+    (np.zeros((4, 8, 4, 3), np.uint8), {},
+     r"images of shape \[8, 4, 3\]; expected \[8, 8, 3\] \(square images\)"),
+    (np.full((4, 8, 8, 3), 255.0, np.float32), {},
+     r"float images with values in \[255, 255\] \(the array\); expected \[-1, 1\], "
+     r"or uint8 for 0..255"),
+    (np.zeros((4, 8, 8, 3), np.int32), {},
+     r"int32 images; expected uint8 \(0..255\) or floats in \[-1, 1\]"),
+    ([[0.0]], {}, r"a list; expected a tf.data.Dataset or a numpy array of images"),
+]
+
+
+@pytest.mark.parametrize("images, data_options, expected", CALLER_DATA_ERRORS)
+def test_the_caller_s_data_is_checked_in_one_line(images, data_options, expected):
+    with pytest.raises(ConfigError, match=r"^train\(dataset=...\): " + expected + "$") as error:
+        training.caller_data(images, data.DataConfig(**data_options))
+    assert "\n" not in str(error.value)
+
+
+def test_the_caller_s_dataset_is_checked_in_one_line(tmp_path, capsys):
+    image = tf.zeros([8, 8, 3], tf.uint8)
+    for dataset, expected in [
+            (tf.data.Dataset.from_tensors((image, 0)), "without labels"),
+            (tf.data.Dataset.from_tensors(image).repeat(), "an endless dataset"),
+            (tf.data.Dataset.from_tensors(image).take(0), "an empty dataset")]:
+        with pytest.raises(ConfigError, match=expected):
+            training.caller_data(dataset, data.DataConfig())
+    # Labels need config.data; nothing is written before the data is checked.
+    with pytest.raises(ConfigError, match="takes unlabelled images"):
+        training.train(tiny_config(tmp_path / "a", conditional=True),
+                       dataset=np.zeros((4, 8, 8, 1), np.uint8))
+    with pytest.raises(ConfigError, match=r"expected \[8, 8, 1\]"):
+        training.train(dataclasses.replace(tiny_config(tmp_path / "b"), data=data.DataConfig(
+            image_size=8, channels=1)), dataset=np.zeros((4, 8, 8, 3), np.uint8))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # Floats in [0, 1] are in range but suspect: a warning line.
+    caller = training.caller_data(tf.data.Dataset.from_tensors(tf.fill([8, 8, 1], 0.5)),
+                                  data.DataConfig())
+    assert caller.info.num_train == 1
+    assert "images in [0, 1]?" in capsys.readouterr().err

@@ -129,7 +129,11 @@ def define_flags():
                          "Steps between test-split pixel MSEs (and feature MSEs with M) in "
                          "TensorBoard while training; 0: only at the end.")
     flags.DEFINE_integer("checkpoint_every", _RUN.checkpoint_every, "Steps between checkpoints.")
-    flags.DEFINE_integer("keep_checkpoints", _RUN.keep_checkpoints, "Checkpoints to keep.")
+    flags.DEFINE_integer("keep_checkpoints", _RUN.keep_checkpoints,
+                         "Newest checkpoints to keep (the resume points).")
+    flags.DEFINE_integer("keep_checkpoint_every", _RUN.keep_checkpoint_every,
+                         "Also keep for good the checkpoint of every multiple of this step, in "
+                         "MODEL_DIR/checkpoints/kept/ (to evaluate or export it later); 0: none.")
     flags.DEFINE_bool("allow_flag_changes", _RUN.allow_flag_changes,
                       "Resume a run with training flags other than those it was trained with "
                       "(e.g. a lower --learning_rate); MODEL_DIR/flags_history.jsonl records it.")
