@@ -304,12 +304,12 @@ def test_svm_draws_of_one_labelled_set_are_reported_without_a_spread(digits_run)
     report = suite.evaluate_run(digits_run, config, progress=lines.append)
     # A long protocol shows its progress: each metric and each draw.
     assert lines[0] == "[1/1] svm ..." and lines[-1].startswith("[1/1] svm: ")
-    assert [line.split(":")[0] for line in lines[1:-1]] == [
-        "  svm draw 1/3", "  svm draw 2/3", "  svm draw 3/3"]
+    # The split allows one labelled set: it is drawn once, and the report says why.
+    assert [line.split(":")[0] for line in lines[1:-1]] == ["  svm draw 1/1"]
     entry = report.metrics["svm_error"]
-    assert entry["draws"] == 3 and entry["distinct_draws"] == 1 and "std" not in entry
+    assert entry["draws"] == 1 and entry["distinct_draws"] == 1 and "std" not in entry
     assert "no spread" in entry["what"]
-    assert any("all 3 draws took the same labelled set" in note for note in report.notes)
+    assert any("one draw, not the 3 asked" in note for note in report.notes)
     # A single draw has no spread either, and its report is written like any other.
     one = suite.evaluate_run(digits_run, suite.EvalConfig(
         metrics=("svm",), svm=SVMConfig(per_class=20, draws=1, validation_size=100)))

@@ -452,7 +452,7 @@ def test_draws_that_repeat_one_labelled_set_report_no_spread():
     test_x, test_y = _separable(5, seed=1)
     result = svm.svm_protocol(train_x, train_y, test_x, test_y,
                               svm.SVMConfig(per_class=10, draws=4, validation_size=1000))
-    assert result.draws == 4 and result.distinct_draws == 1
+    assert result.draws == 1 and result.draws_asked == 4 and result.distinct_draws == 1
     assert result.std_error is None and "no spread" in str(result)
     # With room in the pool the draws differ, and the spread is measured.
     train_x, train_y = _separable(40)

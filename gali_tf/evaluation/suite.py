@@ -293,12 +293,13 @@ def _svm(run: _Run, report: EvalReport) -> None:
                 f"{spread}"}
     if result.std_error is not None:
         entry["std"] = result.std_error
-    elif result.draws > 1:
+    elif result.draws_asked > 1:
         report.notes.append(
-            f"svm_error: all {result.draws} draws took the same labelled set: the training "
-            f"split leaves only {result.per_class} examples per class outside the "
-            f"{result.num_validation}-example validation set, so no spread over draws was "
-            "measured; lower --svm_validation or --svm_per_class for independent draws")
+            f"svm_error: one draw, not the {result.draws_asked} asked: the training split "
+            f"leaves only {result.per_class} examples per class outside the "
+            f"{result.num_validation}-example validation set, so every draw would take the "
+            "same labelled set and no spread over draws was measured; lower "
+            "--svm_validation or --svm_per_class for independent draws")
     report.metrics["svm_error"] = entry
 
 

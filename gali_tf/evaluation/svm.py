@@ -61,6 +61,9 @@ class SVMResult:
     feature_dim: int
     chosen_c: Tuple[float, ...]  # the validation-selected C of every draw
     distinct_draws: int = 0      # how many different labelled sets the draws took
+    # The draws asked for (--svm_draws); more than `draws` when the split allows only
+    # one labelled set, which is then drawn once.
+    draws_asked: int = 0
 
     def __str__(self) -> str:
         spread = (f" ± {100 * self.std_error:.2f}" if self.std_error is not None
@@ -171,10 +174,11 @@ def svm_protocol(train_features: np.ndarray, train_labels: np.ndarray,
     pool = np.setdiff1d(np.arange(len(train_labels)), validation)
     # A draw that repeats an earlier labelled set has its result (the fit is
     # deterministic); when the pool holds only `per_class` examples of every class, all
-    # draws are one, and their spread is not a measurement.
+    # draws are one, so one is made (a spread over copies would not be a measurement).
     outcome_of: Dict[Tuple[int, ...], Tuple[float, float]] = {}
     errors, chosen = [], []
-    for _ in range(config.draws):
+    draws = 1 if _one_labelled_set(train_labels[pool], config.per_class) else config.draws
+    for _ in range(draws):
         labelled = draw_labelled(train_labels, pool, config.per_class, rng)
         key = tuple(np.sort(labelled))
         if key not in outcome_of:
@@ -184,12 +188,18 @@ def svm_protocol(train_features: np.ndarray, train_labels: np.ndarray,
         errors.append(error)
         chosen.append(c)
         if progress is not None:
-            progress(f"  svm draw {len(errors)}/{config.draws}: test error "
+            progress(f"  svm draw {len(errors)}/{draws}: test error "
                      f"{100 * error:.2f}% (C={c:g}, {len(outcome_of)} distinct so far)")
     distinct = len(outcome_of)
     return SVMResult(float(np.mean(errors)), float(np.std(errors)) if distinct > 1 else None,
-                     config.draws, config.per_class, len(validation), len(test_labels),
-                     int(train_features.shape[1]), tuple(chosen), distinct)
+                     draws, config.per_class, len(validation), len(test_labels),
+                     int(train_features.shape[1]), tuple(chosen), distinct, config.draws)
+
+
+def _one_labelled_set(pool_labels: np.ndarray, per_class: int) -> bool:
+    """Whether the pool holds at most `per_class` examples of every class: then every
+    draw takes all of them, the same labelled set."""
+    return bool(np.all(np.unique(pool_labels, return_counts=True)[1] <= per_class))
 
 
 def _test_error(train_features, train_labels, labelled, validation, test_features,
