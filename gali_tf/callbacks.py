@@ -223,6 +223,8 @@ class KeepCheckpointEvery(keras.callbacks.Callback):
     """Saves every step that is a multiple of N to `kept`, a manager of its own
     directory that deletes nothing (RUN/checkpoints/kept/ckpt-<step>): those steps stay
     to be evaluated or exported later, whatever the rolling --keep_checkpoints deletes.
+    With --steps_per_execution=k the step moves k at a time and may jump over a
+    multiple: then the first step after it is kept, never none.
 
     A second manager rather than sparing some of the rolling one's files:
     tf.train.CheckpointManager has no public way to spare one, and its state file then
@@ -234,16 +236,20 @@ class KeepCheckpointEvery(keras.callbacks.Callback):
                  rolling: tf.train.CheckpointManager):
         super().__init__()
         self.kept, self.every, self.rolling = kept, every, rolling
-        self._saved = None
+        self._last = 0   # the step at the previous batch end
+
+    def on_train_begin(self, logs=None):
+        # A step kept by an earlier session is saved again: resumed from an older
+        # checkpoint, the run retrained it and goes on from the new weights.
+        self._last = int(self.model.step.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.step.numpy())
-        # Once per step of this session (a skipped float16 step repeats its number), but
-        # a step kept by an earlier session is saved again: resumed from an older
-        # checkpoint, the run retrained it and goes on from the new weights.
-        if step % self.every == 0 and step != self._saved:
+        # Once per multiple reached in this session (a skipped float16 step repeats its
+        # number; a multi-step execution can jump over the multiple itself).
+        if step // self.every > self._last // self.every:
             _save(self.kept, self.model, step, self.rolling)
-            self._saved = step
+        self._last = step
 
 
 class SaveAtSigterm(keras.callbacks.Callback):

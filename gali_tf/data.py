@@ -742,6 +742,15 @@ def _pil_rgb(contents) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def decode_rgb(contents: bytes) -> tf.Tensor:
+    """Encoded image bytes (JPEG, PNG, GIF, BMP or WebP) -> uint8 [H, W, 3], eagerly, as
+    the folder pipeline decodes them: WebP by Pillow (see _decode_webp), the rest by
+    TensorFlow (the first frame of a GIF). Raises what the decoder raises."""
+    if _is_webp(contents[:12]):
+        return tf.constant(_pil_rgb(contents))
+    return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
 def _decode_webp(contents: tf.Tensor) -> tf.Tensor:
     """WebP bytes -> uint8 [H, W, 3], by Pillow in a tf.numpy_function.
 

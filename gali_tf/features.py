@@ -31,12 +31,13 @@ Sources (one spec string, flag --feature_model, or --fid_model for the FID netwo
   at `pool_3:0` ([N, 1, 1, 2048]).
 - `tfgan:DIR`: the same network as TF-GAN's TF Hub module `tfgan/eval/inception/1`,
   called as TF-GAN does (`hub.load(DIR)(images)["pool_3"]`; a TF1 Hub-format copy through
-  its "default" signature), on 299x299 images in [-1, 1].
+  its "default" signature), on 299x299 images prepared as TF-GAN's preprocess_image
+  does (TF1's bilinear resize, a pixel p becomes (p - 128) / 128).
 
 Only the last two give FIDs comparable with the papers' (`FeatureModel.papers_fid`).
 
 Images are resized bilinearly to M's input size (`resize_images`: TF2's half-pixel
-resize, or for `ttur:` TF1's, which the graph itself uses), grey images are tiled to 3
+resize, or for `ttur:` and `tfgan:` TF1's, which the graph itself uses), grey images are tiled to 3
 channels (and colour images averaged to 1) when M wants it, and values are mapped
 linearly from [-1, 1] to M's range. Every bad input raises `FeatureModelError` (one
 line) at load time.
@@ -74,6 +75,8 @@ TTUR_INPUT = "ExpandDims:0"      # after TTUR's JPEG decoding, before the graph'
 TTUR_OUTPUT = "pool_3:0"
 TTUR_SCOPE = "FID_Inception_Net"   # the import name TTUR's fid.py uses
 TFGAN_SIGNATURE = "default"        # a TF1 Hub module's signature
+# TF-GAN's preprocess_image maps a pixel p to (p - 128) / 128: 0 -> -1, 255 -> 127/128.
+TFGAN_VALUE_RANGE = (-1.0, 127.0 / 128.0)
 
 # FeatureModel.resize_method values (see resize_images).
 RESIZE_BILINEAR = "bilinear"
@@ -102,10 +105,10 @@ def resize_images(images: tf.Tensor, size: Tuple[int, int],
                   method: str = RESIZE_BILINEAR) -> tf.Tensor:
     """Bilinear resize of [B, H, W, C] float images to `size` (height, width).
 
-    RESIZE_BILINEAR is TF2's `tf.image.resize` (half-pixel centres), what TF-GAN's
-    examples apply before its Inception module. RESIZE_TF1_BILINEAR is TF1's
-    ResizeBilinear (align_corners=False, half_pixel_centers=False), the op inside TTUR's
-    graph and clean-fid's "legacy_tensorflow" mode. The two sample the source a fraction
+    RESIZE_BILINEAR is TF2's `tf.image.resize` (half-pixel centres), for every other M.
+    RESIZE_TF1_BILINEAR is TF1's ResizeBilinear (align_corners=False,
+    half_pixel_centers=False), the op inside TTUR's graph, in TF-GAN's preprocess_image
+    and in clean-fid's "legacy_tensorflow" mode. The two sample the source a fraction
     of a pixel apart, which is enough to move an FID."""
     if method == RESIZE_TF1_BILINEAR:
         return tf.raw_ops.ResizeBilinear(images=images, size=tf.constant(size, tf.int32),
@@ -215,13 +218,12 @@ def _load_feature_model(config: FeatureConfig) -> Optional[FeatureModel]:
         return None
     if config.feature_image_size < 0:
         raise FeatureModelError(f"--feature_image_size={config.feature_image_size}: expected >= 0")
-    if spec.startswith(INCEPTION_PREFIX):
-        return _load_inception(spec[len(INCEPTION_PREFIX):], config)
-    if spec.startswith(TTUR_PREFIX):
-        return _load_ttur(spec[len(TTUR_PREFIX):], config)
-    if spec.startswith(TFGAN_PREFIX):
-        return _load_tfgan(spec[len(TFGAN_PREFIX):], config)
-    return _load_saved_model(spec, config)
+    # "~" is expanded here: the shell leaves it alone after "--flag=prefix:".
+    for prefix, load in ((INCEPTION_PREFIX, _load_inception), (TTUR_PREFIX, _load_ttur),
+                         (TFGAN_PREFIX, _load_tfgan)):
+        if spec.startswith(prefix):
+            return load(os.path.expanduser(spec[len(prefix):]), config)
+    return _load_saved_model(os.path.expanduser(spec), config)
 
 
 def _load_inception(path: str, config: FeatureConfig) -> FeatureModel:
@@ -519,8 +521,11 @@ def _tfgan_outputs(loaded, flag: str) -> Callable[[tf.Tensor], Dict]:
 
 
 def _load_tfgan(path: str, config: FeatureConfig) -> FeatureModel:
-    """TF-GAN's Inception module (tfgan/eval/inception/1): its pool_3 on 299x299 images in
-    [-1, 1], resized with tf.image.resize's bilinear as TF-GAN's examples do."""
+    """TF-GAN's Inception module (tfgan/eval/inception/1): its pool_3 on 299x299 images
+    prepared as TF-GAN's `preprocess_image` prepares them (the preprocessing of the
+    inception-2015-12-05 graph, the same as `ttur:`): TF1's bilinear resize, then a
+    pixel p in [0, 255] becomes (p - 128) / 128, i.e. [-1, 1] is mapped onto
+    [-1, 127/128]."""
     flag = f"--feature_model={TFGAN_PREFIX}{path}"
     what = "TF-GAN's FID Inception"
     _check_fid_inception_options(config, what)
@@ -540,7 +545,7 @@ def _load_tfgan(path: str, config: FeatureConfig) -> FeatureModel:
                                     f"output (it gives: {names})")
         return outputs[FID_INCEPTION_OUTPUT]
 
-    return _fid_inception(pool_3, flag, what, (-1.0, 1.0), RESIZE_BILINEAR,
+    return _fid_inception(pool_3, flag, what, TFGAN_VALUE_RANGE, RESIZE_TF1_BILINEAR,
                           variables=_module_variables(loaded), holder=loaded,
                           fingerprint=weights_fingerprint(path))
 

@@ -38,7 +38,8 @@ def check_box(box, text: str, height: int, width: int) -> None:
 
 
 def load_images(pattern: str, shape) -> tuple:
-    """(images in [-1, 1] [N, H, W, C], names) from a glob of JPEG/PNG files."""
+    """(images in [-1, 1] [N, H, W, C], names) from a glob of image files (the formats
+    of --dataset=folder)."""
     paths = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
     if not paths:
         raise ConfigError(f"--images={pattern}: no files match")
@@ -46,10 +47,12 @@ def load_images(pattern: str, shape) -> tuple:
     images = []
     for path in paths:
         try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                       expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-            raise ConfigError(f"--images: cannot read {path} as a JPEG/PNG image") from None
+            image = data.decode_rgb(tf.io.read_file(path).numpy())
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, OSError,
+                ValueError, SyntaxError):
+            # OSError and the others: Pillow's errors on a damaged WebP.
+            raise ConfigError(f"--images: cannot read {path} as an image (JPEG, PNG, GIF, "
+                              "BMP or WebP)") from None
         images.append(data.images_from_uint8(image, height, width, channels))
     names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     return tf.stack(images), names

@@ -321,14 +321,31 @@ def test_tfgan_features_equal_the_modules_pool_3(request, module):
     path = request.getfixturevalue(module)
     m = load(f"tfgan:{path}")
     assert m.papers_fid and m.dim == DIM and m.input_shape == (SIZE, SIZE, 3)
-    assert m.value_range == (-1.0, 1.0) and m.resize_method == features.RESIZE_BILINEAR
+    assert m.resize_method == features.RESIZE_TF1_BILINEAR
     assert m.description == f"--feature_model=tfgan:{path} (TF-GAN's FID Inception, pool_3)"
     # The module's weights (what must stay frozen) and their fingerprint.
     assert len(m.variables) == 1 and m.variables[0].shape == (147, DIM)
     assert len(m.fingerprint) == 12
     x = images_in_unit_range()
-    expected = stand_in_pool_3(tf.image.resize(x, (SIZE, SIZE)), stand_in_weights())
+    expected = stand_in_pool_3(tfgan_preprocess_image((x + 1.0) * 127.5), stand_in_weights())
     np.testing.assert_allclose(m(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def tfgan_preprocess_image(pixels):
+    """TF-GAN's classifier_metrics.preprocess_image, as written there: [0, 255] images ->
+    TF1's bilinear resize to 299 -> (p - 128) / 128."""
+    resized = tf.compat.v1.image.resize_bilinear(pixels, [SIZE, SIZE])
+    return (resized - 128.0) / 128.0
+
+
+def test_tfgan_maps_pixels_as_tf_gan_does():
+    """Black is -1 and white 127/128 (not 1): TF-GAN subtracts 128, not 127.5."""
+    model = features.FeatureModel(lambda x: tf.reshape(x, [tf.shape(x)[0], -1]),
+                                  (2, 2, 1), features.TFGAN_VALUE_RANGE)
+    x = tf.constant([-1.0, 1.0, 0.0, 1.0 / 255.0], shape=[1, 2, 2, 1])
+    np.testing.assert_allclose(model(x).numpy()[0],
+                               [-1.0, 127 / 128, (127.5 - 128) / 128, (128 - 128) / 128],
+                               atol=1e-6)
 
 
 def test_a_tf1_hub_module_also_loads_as_a_plain_saved_model_directory(tf1_hub_module):
@@ -339,8 +356,9 @@ def test_a_tf1_hub_module_also_loads_as_a_plain_saved_model_directory(tf1_hub_mo
     m = load(tf1_hub_module, feature_signature="default", feature_output="pool_3")
     assert m.input_shape == (SIZE, SIZE, 3) and m.dim == DIM and not m.papers_fid
     x = images_in_unit_range(n=2)
-    np.testing.assert_allclose(m(x).numpy(), load(f"tfgan:{tf1_hub_module}")(x).numpy(),
-                               rtol=1e-6, atol=1e-6)
+    # As a plain directory it is an M like any other: TF2's resize, [-1, 1] as it is.
+    expected = stand_in_pool_3(tf.image.resize(x, (SIZE, SIZE)), stand_in_weights())
+    np.testing.assert_allclose(m(x).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_tfgan_modules_are_one_line_naming_the_flag(tmp_path, tf2_module):

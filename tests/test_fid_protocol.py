@@ -58,7 +58,8 @@ def test_both_streams_reach_the_network_as_8bit_images():
 
 def _key(**changes):
     fields = dict(network="flatten", network_fingerprint="abc123", network_input=(8, 8, 1),
-                  network_value_range=(-1.0, 1.0), dataset="digits", split="test",
+                  network_value_range=(-1.0, 1.0), network_resize="bilinear",
+                  network_input_dtype="float32", dataset="digits", split="test",
                   image_shape=(8, 8, 1), num_images=6, images_sha256="00ff")
     fields.update(changes)
     return fid.ReferenceKey(**fields)
@@ -81,9 +82,10 @@ def test_the_cache_name_changes_with_everything_that_determines_the_features():
     names = {_key().file_name()} | {_key(**change).file_name() for change in (
         dict(network="other"), dict(network_fingerprint="def456"),
         dict(network_input=(299, 299, 3)), dict(network_value_range=(0.0, 1.0)),
+        dict(network_resize="tf1_bilinear"), dict(network_input_dtype="float16"),
         dict(dataset="svhn_cropped"), dict(split="train"), dict(image_shape=(16, 16, 1)),
         dict(num_images=7), dict(images_sha256="0100"), dict(quantisation="float32"))}
-    assert len(names) == 11
+    assert len(names) == 13
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip file", "truncated", "other key",

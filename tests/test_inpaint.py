@@ -107,6 +107,33 @@ def test_tool_on_image_files_with_a_fixed_box(run_dir, tmp_path):
     assert composite.shape == (8, 8, 1)
 
 
+def test_tool_reads_webp_files_as_the_folder_pipeline_does(tmp_path):
+    """An RGBA and an animated WebP (TensorFlow's decoder refuses the first and corrupts
+    memory on the second) come out as their first frame's RGB, the pixels Pillow reads;
+    a damaged one is a one-line error naming it."""
+    Image = pytest.importorskip("PIL.Image")
+    features = pytest.importorskip("PIL.features")
+    if not features.check("webp"):
+        pytest.skip("this Pillow has no WebP support")
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 255, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.webp", lossless=True)
+    frames = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+              for _ in range(2)]
+    frames[0].save(tmp_path / "b.webp", save_all=True, append_images=frames[1:],
+                   lossless=True)
+    images, names = inpaint.load_images(str(tmp_path / "*.webp"), (8, 8, 3))
+    assert names == ["a", "b"]
+    np.testing.assert_allclose(images[0].numpy(),
+                               data.images_from_uint8(tf.constant(rgba[..., :3]), 8, 8, 3),
+                               atol=1e-6)
+    np.testing.assert_allclose(images[1].numpy(), data.images_from_uint8(
+        tf.constant(np.asarray(frames[0])), 8, 8, 3), atol=1e-6)
+    (tmp_path / "c.webp").write_bytes((tmp_path / "a.webp").read_bytes()[:30])
+    with pytest.raises(ConfigError, match=r"^--images: cannot read .*c\.webp as an image"):
+        inpaint.load_images(str(tmp_path / "*.webp"), (8, 8, 3))
+
+
 @pytest.mark.parametrize("options, expected", [
     (dict(images="/nonexistent/*.png"), "--images=/nonexistent/*.png: no files match"),
     (dict(images="{tmp}/bad.png"), "cannot read"),

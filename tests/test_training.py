@@ -333,6 +333,17 @@ def test_keep_checkpoint_every_keeps_its_multiples_past_the_rolling_ones(tmp_pat
     assert _checkpoint_steps(tmp_path / run_dir.KEPT_CHECKPOINT_DIR) == [2, 4, 6]
 
 
+def test_keep_checkpoint_every_keeps_the_step_after_a_multiple_jumped_over(tmp_path):
+    """Two steps per execution reach steps 2, 4, 6: the multiple 3 is never a batch end,
+    so step 4 is kept for it, then 6."""
+    from gali_tf import run_dir
+    config = dataclasses.replace(tiny_config(tmp_path, steps=6), steps_per_execution=2,
+                                 keep_checkpoint_every=3, image_every=0, eval_every=0,
+                                 log_every=6)
+    training.train(config)
+    assert _checkpoint_steps(tmp_path / run_dir.KEPT_CHECKPOINT_DIR) == [4, 6]
+
+
 def test_a_kept_step_retrained_after_resuming_from_before_it_is_kept_anew(tmp_path):
     from gali_tf import run_dir
     config = dataclasses.replace(tiny_config(tmp_path, steps=2), checkpoint_every=1,

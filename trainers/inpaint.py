@@ -32,7 +32,7 @@ def define_flags():
     flags.DEFINE_string("model_dir", None, "Run directory written by trainers.main.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the run's latest).")
     flags.DEFINE_string("images", None,
-                        "Glob of JPEG/PNG images to inpaint (resized to the run's size).")
+                        "Glob of images to inpaint (JPEG, PNG, GIF, BMP or WebP; resized to the run's size).")
     flags.DEFINE_string("dataset", None, "Instead of --images: take images from this gali_tf.data "
                         "dataset (e.g. digits).")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir for --dataset.")

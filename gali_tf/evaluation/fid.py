@@ -196,13 +196,15 @@ class ReferenceKey:
     network_fingerprint: str           # M's weights (gali_tf.features.weights_fingerprint)
     network_input: Tuple[int, ...]     # M's (H, W, C): --fid_image_size is in no fingerprint
     network_value_range: Tuple[float, float]   # from a SavedModel's metadata.json
+    network_resize: str                # FeatureModel.resize_method (TF1's or TF2's bilinear)
+    network_input_dtype: str           # the dtype M's input is cast to
     dataset: str
     split: str
     image_shape: Tuple[int, ...]       # the images' (H, W, C) before M's resize
     num_images: int
     images_sha256: str                 # images_digest
     quantisation: str = QUANTISATION
-    version: int = 1                   # of this file format
+    version: int = 2                   # of this file format and key
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

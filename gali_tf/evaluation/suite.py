@@ -293,7 +293,7 @@ def _svm(run: _Run, report: EvalReport) -> None:
                 f"{spread}"}
     if result.std_error is not None:
         entry["std"] = result.std_error
-    elif result.draws_asked > 1:
+    elif result.draws < result.draws_asked:
         report.notes.append(
             f"svm_error: one draw, not the {result.draws_asked} asked: the training split "
             f"leaves only {result.per_class} examples per class outside the "
@@ -313,7 +313,7 @@ def _fid(run: _Run, report: EvalReport) -> None:
     generated = _generated_batches(run.generate, run.record.latent_dim, config.fid_samples,
                                    config.batch_size, config.seed)
     if config.dump_samples:
-        generated = fid_lib.writing_pngs(generated, config.dump_samples)
+        generated = fid_lib.writing_pngs(generated, os.path.expanduser(config.dump_samples))
     generated_features = fid_lib.collect_features(fid_model, generated)
     real_features, cache = _reference_features(run, split)
     run.progress(f"  fid: real features {cache}")
@@ -389,7 +389,9 @@ def _reference_features(run: _Run, split: str) -> Tuple[np.ndarray, str]:
     key = fid_lib.ReferenceKey(
         network=fid_model.description, network_fingerprint=fid_model.fingerprint,
         network_input=tuple(fid_model.input_shape),
-        network_value_range=tuple(fid_model.value_range), dataset=run.info.name,
+        network_value_range=tuple(fid_model.value_range),
+        network_resize=fid_model.resize_method,
+        network_input_dtype=fid_model.input_dtype.name, dataset=run.info.name,
         split=split, image_shape=tuple(run.info.example_shape), num_images=count,
         images_sha256=digest)
     path = os.path.join(os.path.expanduser(config.fid_cache_dir), key.file_name())
@@ -414,7 +416,7 @@ def check_fid_options(config: EvalConfig) -> None:
     if config.fid_real_samples < 0 or config.fid_real_samples == 1:
         raise ConfigError(f"--fid_real_samples={config.fid_real_samples}: expected 0 (the "
                           "whole split) or at least 2")
-    folder = config.dump_samples
+    folder = os.path.expanduser(config.dump_samples)
     if folder and tf.io.gfile.exists(folder):
         if not tf.io.gfile.isdir(folder):
             raise ConfigError(f"--dump_samples={folder}: is a file (expected a new or "
