@@ -308,7 +308,10 @@ def tuple_logits(discriminator, tuple_set: TupleSet, values: Mapping[str, tf.Ten
     if getattr(discriminator, "condition", None) is not None:
         if condition is None:
             raise TupleError("this discriminator is conditional: tuple_logits needs condition=y")
-        extra = [discriminator.condition(condition, training=training)]
+        # A float32 layer (spectral norm): cast to the trunks' compute dtype, which
+        # differs under mixed precision.
+        trunk_dtype = features[nodes[0].name].dtype
+        extra = [tf.cast(discriminator.condition(condition, training=training), trunk_dtype)]
     joint = tf.concat(
         [tf.concat([features[n.name] for n in cls] + extra, axis=-1)
          for cls in tuple_set.classes],

@@ -20,6 +20,22 @@ def _model(policy):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_conditional_step_under_each_policy(policy):
+    # D's condition embedding is a float32 (spectrally normalised) layer beside trunks
+    # that compute in the policy's dtype: their outputs must meet in one dtype.
+    config = ModelConfig(tuples="ali", mixed_precision=policy, conditional=True)
+    network = networks.NetworkConfig(arch="small", example_shape=(8, 8, 1), latent_dim=3,
+                                     width=4, condition_dim=10)
+    model = GALIModel(network, config, global_batch_size=4, total_steps=10, steps_per_epoch=5)
+    model.build()
+    x = tf.random.stateless_uniform([4, 8, 8, 1], [1, 2], -1.0, 1.0)
+    y = tf.one_hot([0, 1, 2, 3], 10)
+    logs = tf.function(model.train_step)((x, y))
+    assert all(np.isfinite(float(v)) for v in logs.values()), logs
+    assert model.reconstruct(x, condition=y).dtype == tf.float32
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_a_step_under_each_policy(policy):
     model = _model(policy)
     assert keras.config.dtype_policy().name == "float32"  # not left set process-wide
