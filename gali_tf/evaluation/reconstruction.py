@@ -54,7 +54,13 @@ def _mean_squared_error(squared_error, dataset: tf.data.Dataset, name: str) -> M
 
     A dataset of (images, y) pairs (conditional models) calls squared_error(images, y).
     """
-    squared_error = tf.function(squared_error)
+    # One trace for every batch size of a tf.data.Dataset (the last batch is smaller): a
+    # trace per shape of each call's new function makes TensorFlow warn of retracing at
+    # every --eval_every. Other iterables of batches trace per shape.
+    spec = getattr(dataset, "element_spec", None)
+    squared_error = tf.function(squared_error, reduce_retracing=True) if spec is None else \
+        tf.function(squared_error, input_signature=tuple(spec) if isinstance(spec, tuple)
+                    else (spec,))
     accumulator = MeanAccumulator()
     for batch in dataset:
         batch = batch if isinstance(batch, tuple) else (batch,)
