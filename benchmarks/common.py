@@ -111,26 +111,36 @@ def print_table(rows: Dict[str, str]) -> None:
 
 
 def train_step(tuples: str, network, batch: int, jit_compile=None,
-               mixed_precision: str = "float32", d_forward: str = "fresh"):
-    """(model, x, step, jit_compile) for timing GALIModel.train_step on a fixed batch.
+               mixed_precision: str = "auto", d_forward: str = "fresh"):
+    """(model, x, step, choice) for timing GALIModel.train_step on a fixed batch.
 
     `step()` runs one train step and waits for it. The batch is synthetic so that only
     the step is timed (input pipelines are timed by benchmarks/input_pipeline.py).
-    `jit_compile=None` decides as the trainer does (gali_tf.execution: both timed, the
-    faster kept), so a default benchmark row is what `trainers.main` users get.
+    `jit_compile=None` and `mixed_precision="auto"` decide as the trainer does
+    (gali_tf.execution: the candidates timed, the fastest kept), so a default benchmark
+    row is what `trainers.main` users get; `choice` says what was chosen.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from gali_tf import execution  # pylint: disable=import-outside-toplevel
     from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
-    model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=mixed_precision,
-                                           d_forward=d_forward),
-                      batch, total_steps=10_000, steps_per_epoch=100)
-    model.build()
+
+    def build_in(policy):
+        model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=policy,
+                                               d_forward=d_forward),
+                          batch, total_steps=10_000, steps_per_epoch=100)
+        model.build()
+        return model
+    built = {}
+
+    def build_and_keep(policy):
+        built[policy] = build_in(policy)
+        return built[policy]
+    first = execution.initial_precision(mixed_precision, None)
+    build_and_keep(first)
     x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
-    if jit_compile is None:
-        choice = execution.choose_jit_compile(
-            None, model, tf.data.Dataset.from_tensors(x).repeat(), 1, mixed_precision, batch)
-        print(f"execution (as the trainer measures it): {choice.summary()}", flush=True)
-        jit_compile = choice.jit_compile
-    compiled = tf.function(model.train_step, jit_compile=jit_compile)
-    return model, x, lambda: float(compiled(x)["d_loss"]), jit_compile  # float(): waits
+    choice = execution.choose(jit_compile, mixed_precision, built[first], build_and_keep,
+                              tf.data.Dataset.from_tensors(x).repeat(), 1, batch)
+    print(f"execution (as the trainer measures it): {choice.summary()}", flush=True)
+    model = built[choice.mixed_precision]
+    compiled = tf.function(model.train_step, jit_compile=choice.jit_compile)
+    return model, x, lambda: float(compiled(x)["d_loss"]), choice  # float(): waits

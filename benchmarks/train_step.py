@@ -7,7 +7,8 @@ r"""Train-step throughput: images/s, ms/step, peak RSS and achieved vs matmul GF
 
 The step is the model's own `train_step` (one D step, then the E/G step with a fresh
 D forward pass, or with the D step's under --d_forward=shared) in one tf.function,
-XLA-compiled or not as the trainer would choose (--jit_compile=auto), on a fixed
+XLA-compiled or not and in float32 or mixed_bfloat16 as the trainer would choose
+(--jit_compile=auto --mixed_precision=auto), on a fixed
 batch of uniform images in [-1, 1]: the input pipeline is timed apart
 (benchmarks/input_pipeline.py). Steady state: --warmup untimed steps (tracing and XLA
 compilation), then --steps timed ones, repeated --rounds times. With --vs_torch the
@@ -40,8 +41,10 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
                   "measures it at start-up (its default).")
 flags.DEFINE_enum("d_forward", "fresh", ["fresh", "shared"],
                   "E/G gradient through a fresh D forward, or the D step's (the peer's).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Keras dtype policy of the networks.")
+flags.DEFINE_enum("mixed_precision", "auto",
+                  ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy of the networks; auto: measured as the trainer measures "
+                  "it at start-up (its default). The peer runs at the precision chosen.")
 flags.DEFINE_integer("threads", 0, "Compute threads for both frameworks (0 = all cores).")
 flags.DEFINE_integer("latent_dim", 0, "Size of z (0 = the papers': 256 svhn32, 512 celeba64).")
 flags.DEFINE_integer("width", 32, "Width of --arch=small.")
@@ -68,8 +71,9 @@ class Bench:
             arch=FLAGS.arch, example_shape=_SHAPES[FLAGS.arch], width=FLAGS.width,
             latent_dim=FLAGS.latent_dim or _LATENTS[FLAGS.arch])
         requested = {"auto": None, "true": True, "false": False}[FLAGS.jit_compile]
-        self.model, self.x, self.run, self.jit_compile = common.train_step(
+        self.model, self.x, self.run, choice = common.train_step(
             tuples, network, FLAGS.batch, requested, FLAGS.mixed_precision, FLAGS.d_forward)
+        self.jit_compile, self.precision = choice.jit_compile, choice.mixed_precision
         self.name = tuples
 
     def seconds_per_step(self, steps: int, warmup: int = 0) -> float:
@@ -117,13 +121,13 @@ finally:
 """
 
 
-def run_torch(threads: int) -> tuple:
+def run_torch(threads: int, bf16: bool) -> tuple:
     """(images/s, peak RSS in MiB or None) of one run of the PyTorch peer."""
     done = subprocess.run(
         [sys.executable, "-c", _TORCH_WRAPPER, FLAGS.torch_script, "--batch", str(FLAGS.batch),
          "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--threads", str(threads),
          # Matched precision: the peer's autocast against our mixed_bfloat16.
-         *(["--bf16"] if FLAGS.mixed_precision == "mixed_bfloat16" else [])],
+         *(["--bf16"] if bf16 else [])],
         capture_output=True, text=True, timeout=3600,
         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
@@ -166,7 +170,7 @@ def main(argv):
     ours_s, other_s, torch_ips, torch_rss = [], [], [], []
     for round_index in range(FLAGS.rounds):
         if FLAGS.vs_torch:
-            images_per_s, rss = run_torch(threads)
+            images_per_s, rss = run_torch(threads, ours.precision == "mixed_bfloat16")
             torch_ips.append(images_per_s)
             torch_rss.append(rss or 0.0)
             print(f"round {round_index + 1}: torch {torch_ips[-1]:.2f} images/s", flush=True)
@@ -181,7 +185,7 @@ def main(argv):
     seconds = sum(ours_s) / len(ours_s)
     rows = {
         "model": f"{FLAGS.model} --arch={FLAGS.arch} --batch={FLAGS.batch} "
-                 f"jit_compile={ours.jit_compile} {FLAGS.mixed_precision} "
+                 f"jit_compile={ours.jit_compile} {ours.precision} "
                  f"d_forward={FLAGS.d_forward}",
         "steady state": f"{1000 * seconds:.1f} ms/step, {FLAGS.batch / seconds:.2f} images/s "
                         f"(mean of {FLAGS.rounds} rounds x {FLAGS.steps} steps "
@@ -191,7 +195,7 @@ def main(argv):
     if FLAGS.flops:
         step_flops = ours.flops()
         # The rate to compare with is the matmul's at the step's compute precision.
-        dtype = "bfloat16" if FLAGS.mixed_precision == "mixed_bfloat16" else "float32"
+        dtype = "bfloat16" if ours.precision == "mixed_bfloat16" else "float32"
         matmul = common.matmul_gflops(jit_compile=ours.jit_compile, dtype=dtype)
         achieved = step_flops / seconds / 1e9
         rows["step FLOPs"] = (f"{step_flops / 1e9:.1f} GFLOP, {step_flops / FLAGS.batch / 1e9:.2f}"
@@ -205,7 +209,7 @@ def main(argv):
             f"{1000 * seconds:.1f} ms/step)")
     if FLAGS.vs_torch:
         torch_mean = sum(torch_ips) / len(torch_ips)
-        peer = "--bf16" if FLAGS.mixed_precision == "mixed_bfloat16" else "float32"
+        peer = "--bf16" if ours.precision == "mixed_bfloat16" else "float32"
         rows[f"torch peer ({peer})"] = (f"{torch_mean:.2f} images/s (peak RSS "
                                         f"{max(torch_rss):.0f} MiB)")
         rows["ours / torch"] = f"{FLAGS.batch / seconds / torch_mean:.2f}x images/s"

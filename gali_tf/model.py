@@ -20,6 +20,9 @@ from gali_tf.errors import ConfigError
 NOISE_SCHEDULES = ("linear", "exponential", "constant")
 # Keras dtype policies for --mixed_precision ("float32" = full precision).
 PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# --mixed_precision's default: float32 or mixed_bfloat16, whichever the trainer's
+# start-up measurement finds faster (gali_tf.execution); a model is built in a policy.
+AUTO_PRECISION = "auto"
 
 # The exponential instance-noise schedule decays to this fraction of its start value
 # by the end of training (the GALI paper says "exponentially decaying" noise but
@@ -48,7 +51,9 @@ class ModelConfig:
     feature_output: str = ""              # named output of M's signature ("" = its only one)
     feature_signature: str = "serving_default"
     feature_image_size: int = 0           # M's input size when not inferable (0 = inferred)
-    mixed_precision: str = "float32"      # a PRECISION_POLICIES name (Keras dtype policy)
+    # A PRECISION_POLICIES name (Keras dtype policy), or AUTO_PRECISION: measured by
+    # training.train, which builds the model in the policy it chose.
+    mixed_precision: str = AUTO_PRECISION
     # Conditional ALI (ALI 4.4): E(x, y), G(z, y), D(..., y) with the data label y.
     conditional: bool = False
     # Semi-supervised ALI (ALI 4.3): > 0 labelled training examples (balanced per
@@ -98,9 +103,9 @@ def check_model_config(config: ModelConfig,
         raise ConfigError(f"--learning_rate={config.learning_rate}: expected > 0")
     if config.instance_noise < 0:
         raise ConfigError(f"--instance_noise={config.instance_noise}: expected >= 0")
-    if config.mixed_precision not in PRECISION_POLICIES:
+    if config.mixed_precision not in (AUTO_PRECISION, *PRECISION_POLICIES):
         raise ConfigError(f"--mixed_precision={config.mixed_precision!r}: expected one of "
-                          f"{', '.join(PRECISION_POLICIES)}")
+                          f"{', '.join((AUTO_PRECISION, *PRECISION_POLICIES))}")
     if not -1.0 <= config.mask_fill <= 1.0:
         raise ConfigError(f"--mask_fill={config.mask_fill}: expected a value in [-1, 1]")
     if config.num_labeled < 0:
@@ -208,6 +213,10 @@ class GALIModel(keras.Model):
         self.network_config = network_config
         self.config = config
         self.tuple_set = check_model_config(config, feature_model is not None)
+        if config.mixed_precision == AUTO_PRECISION:
+            raise ConfigError("GALIModel computes in one Keras dtype policy: pass "
+                              f"mixed_precision as one of {', '.join(PRECISION_POLICIES)} "
+                              "(training.train resolves 'auto' by measurement)")
         # M (gali_tf.features.FeatureModel) is a plain Python object, invisible to Keras'
         # and tf.train's tracking: its weights are in no trainable_variables list and in
         # no checkpoint of the run, and stay frozen.

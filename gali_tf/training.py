@@ -304,11 +304,18 @@ def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
         _check_labels(config, info)
     # M is loaded (and every --feature_* flag checked) before anything is built or written.
     feature_model = features_lib.load_feature_model(feature_config(config.model))
+    previous = run_dir.read_run_record(config.model_dir)
+    previous_execution = previous.execution if previous else None
+    # --mixed_precision=auto: the model is built in the precision an earlier session of
+    # the run measured, else in float32 until the start-up measurement says otherwise.
+    requested_precision = config.model.mixed_precision
+    config = _in_precision(config, execution_lib.initial_precision(
+        requested_precision, execution_lib.recorded_choice(
+            previous_execution, execution_lib.devices_description(
+                replicas, requested_precision, config.batch_size))))
     model, checkpoint, network_config = build_model(config, info, strategy, feature_model)
     record = run_record(config, network_config)
     changes = check_resumable(config.model_dir, record, config.allow_flag_changes)
-    previous = run_dir.read_run_record(config.model_dir)
-    previous_execution = previous.execution if previous else None
     chief = is_chief(strategy)
     # Multi-worker runs lock on the chief: the other workers write to temp directories.
     with (run_dir.locked_run_dir(config.model_dir) if chief else contextlib.nullcontext()):
@@ -320,10 +327,19 @@ def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
             first = first[0] if isinstance(first, tuple) else first
             first = first[:, -1] if config.model.n_dis > 1 else first
             model.generator.set_output_bias_from_images(first)
-        execution = execution_lib.choose_jit_compile(
-            config.jit_compile, model, train_ds, strategy.num_replicas_in_sync,
-            config.model.mixed_precision, config.batch_size, previous_execution,
-            will_train=start_step < model.total_steps)
+        built = {config.model.mixed_precision: (model, checkpoint)}
+
+        def build_in(policy):
+            built[policy] = build_model(_in_precision(config, policy), info, strategy,
+                                        feature_model)[:2]
+            return built[policy][0]
+        execution = execution_lib.choose(
+            config.jit_compile, requested_precision, model, build_in, train_ds, replicas,
+            config.batch_size, previous_execution, will_train=start_step < model.total_steps)
+        # The measurement left every candidate model in the run's state: train the chosen.
+        model, checkpoint = built[execution.mixed_precision]
+        config = _in_precision(config, execution.mixed_precision)
+        del built
         if config.verbose:
             print(f"{config.model_dir}: {execution.summary()}")
         record = dataclasses.replace(record, execution=execution.as_record())
@@ -347,6 +363,11 @@ def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
         finally:
             if not chief:
                 shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _in_precision(config: TrainConfig, policy: str) -> TrainConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                 mixed_precision=policy))
 
 
 def checkpoint_dirs(model_dir: str) -> List[str]:

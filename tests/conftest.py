@@ -33,3 +33,16 @@ def trainer_flags():
     flags.FLAGS.unparse_flags()
     for name, value in saved.items():
         setattr(flags.FLAGS, name, value)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def float32_unless_asked():
+    """In-process runs measure float32 only (--mixed_precision=auto would also time
+    mixed_bfloat16 on a machine with bfloat16 instructions, and train in it if faster):
+    a test's numbers must not depend on the machine it runs on, nor on a timing.
+    Session-wide, so module fixtures that train are pinned too; tests of the choice
+    patch the check back (tests/test_execution.py)."""
+    from gali_tf import execution
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(execution, "has_bfloat16_instructions", lambda: False)
+        yield

@@ -25,7 +25,7 @@ def tiny_net(**fields):
 
 
 def tiny_model(net, **options):
-    model = GALIModel(net, ModelConfig(**options), global_batch_size=4, total_steps=10,
+    model = GALIModel(net, ModelConfig(**{"mixed_precision": "float32", **options}), global_batch_size=4, total_steps=10,
                       steps_per_epoch=5)
     model.build()
     model.compile(optimizer=None, jit_compile=False)
@@ -125,7 +125,8 @@ def test_semi_supervised_d_learns_its_labelled_digits():
     labels = tf.constant(np.concatenate([train_labels[labelled], -np.ones(20, np.int32)]))
     model = GALIModel(networks.NetworkConfig(arch="small", example_shape=SHAPE, latent_dim=8,
                                              width=8, label_classes=10),
-                      ModelConfig(tuples="ali", num_labeled=20), global_batch_size=40,
+                      ModelConfig(tuples="ali", num_labeled=20, mixed_precision="float32"),
+                      global_batch_size=40,
                       total_steps=10, steps_per_epoch=5)
     model.build()
     noise = StepNoise(seed=0, step=tf.constant(0, tf.int64))

@@ -173,7 +173,7 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     config = tmp_path / "toy.flags"
     config.write_text(
         "--variants=ALI:configs/toy25_ali.flags\n--seeds=1\n--steps=4\n--eval_points=2\n"
-        "--train_flags=--verbose=2,--mlp_hidden=8,--jit_compile=false\n"
+        "--train_flags=--verbose=2,--mlp_hidden=8,--jit_compile=false,--mixed_precision=float32\n"
         "--metrics=modes\n--eval_flags=--mode_samples=500\n--title=tiny toy\n")
     out, results = tmp_path / "out", tmp_path / "results"
     command = [sys.executable, "-m", "trainers.experiment", f"--config={config}", f"--out={out}",

@@ -19,7 +19,8 @@ from gali_tf import run_dir, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50",
-        "--jit_compile=false", "--verbose=0", "--log_every=1", "--image_every=0",
+        "--jit_compile=false", "--mixed_precision=float32",
+        "--verbose=0", "--log_every=1", "--image_every=0",
         "--checkpoint_every=2"]
 
 

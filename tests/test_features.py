@@ -42,7 +42,7 @@ def load_m(path, **options):
 def tiny_pt_model(feature_model, tuples="gali_pt"):
     net = networks.NetworkConfig(arch="small", example_shape=SHAPE, latent_dim=3, width=4,
                                  feature_dim=feature_model.dim)
-    model = GALIModel(net, ModelConfig(tuples=tuples), global_batch_size=BATCH,
+    model = GALIModel(net, ModelConfig(tuples=tuples, mixed_precision="float32"), global_batch_size=BATCH,
                       total_steps=10, steps_per_epoch=5, feature_model=feature_model)
     model.build()
     model.compile(optimizer=None, jit_compile=False)
@@ -258,7 +258,8 @@ def test_celeba_pt_flagfile_starts_with_mock_celeba_and_inception(tmp_path, caps
     trainer = trainer_flags([
         "--flagfile=configs/celeba_pt.flags", f"--model_dir={model_dir}",
         f"--feature_model=inception_v3:{weights}", "--feature_image_size=75",
-        "--batch_size=2", "--steps=1", "--jit_compile=false", "--verbose=0",
+        "--batch_size=2", "--steps=1", "--jit_compile=false", "--mixed_precision=float32",
+        "--verbose=0",
         "--image_every=0"])
     with tfds.testing.mock_data(num_examples=6, data_dir=metadata_dir,
                                 policy=tfds.testing.MockPolicy.USE_FILES):

@@ -90,7 +90,7 @@ SHAPE = (8, 8, 1)
 
 def tiny_model(tuples_name, **options):
     net = networks.NetworkConfig(arch="small", example_shape=SHAPE, latent_dim=3, width=4)
-    model = GALIModel(net, ModelConfig(tuples=tuples_name, **options), global_batch_size=4,
+    model = GALIModel(net, ModelConfig(tuples=tuples_name, mixed_precision="float32", **options), global_batch_size=4,
                       total_steps=10, steps_per_epoch=5)
     model.build()
     model.compile(optimizer=None, jit_compile=False)

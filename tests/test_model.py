@@ -16,7 +16,7 @@ SHAPE = (8, 8, 1)
 def tiny_model(batch=BATCH, synchronized_bn=False, jit=False, **options):
     net = networks.NetworkConfig(arch="small", example_shape=SHAPE, latent_dim=3, width=4,
                                  synchronized_bn=synchronized_bn)
-    model = GALIModel(net, ModelConfig(**options), global_batch_size=batch,
+    model = GALIModel(net, ModelConfig(**{"mixed_precision": "float32", **options}), global_batch_size=batch,
                       total_steps=10, steps_per_epoch=5)
     model.build()
     model.compile(optimizer=None, jit_compile=jit)

@@ -20,7 +20,8 @@ from gali_tf import run_dir, training
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 400
 FLAGS = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50",
-         "--jit_compile=false", "--verbose=2", "--log_every=50", "--image_every=0",
+         "--jit_compile=false", "--mixed_precision=float32",
+        "--verbose=2", "--log_every=50", "--image_every=0",
          "--checkpoint_every=10", f"--steps={TOTAL}"]
 
 

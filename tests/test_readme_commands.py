@@ -16,7 +16,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50", "--verbose=0",
-        "--jit_compile=false", "--image_every=0", "--checkpoint_every=2"]
+        "--jit_compile=false", "--mixed_precision=float32",
+        "--image_every=0", "--checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from gali_tf.model import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--image_size=8", "--width=4", "--latent_dim=3", "--batch_size=50",
-              "--jit_compile=false", "--verbose=0", "--log_every=1", "--image_every=2", "--checkpoint_every=2"]
+              "--jit_compile=false", "--mixed_precision=float32",
+              "--verbose=0", "--log_every=1", "--image_every=2", "--checkpoint_every=2"]
 
 
 def tiny_config(model_dir, steps=3, **model_options):
@@ -269,8 +270,8 @@ def test_step_values_are_the_global_batch_s_under_a_strategy():
                                      width=4)
 
     def model(**network_options):
-        built = GALIModel(dataclasses.replace(network, **network_options), ModelConfig(),
-                          global_batch_size=4, total_steps=1, steps_per_epoch=1)
+        built = GALIModel(dataclasses.replace(network, **network_options),
+                          ModelConfig(mixed_precision="float32"), global_batch_size=4, total_steps=1, steps_per_epoch=1)
         built.build()
         built.compile(optimizer=None, jit_compile=False)
         return built

@@ -15,7 +15,8 @@ from absl import flags
 
 from gali_tf import data, networks, objectives, tuples
 from gali_tf.errors import ConfigError
-from gali_tf.model import D_FORWARDS, NOISE_SCHEDULES, PRECISION_POLICIES, ModelConfig
+from gali_tf.model import (AUTO_PRECISION, D_FORWARDS, NOISE_SCHEDULES, PRECISION_POLICIES,
+                           ModelConfig)
 from gali_tf import training
 from trainers import cli
 
@@ -118,9 +119,13 @@ def define_flags():
                       "XLA compilation of the train step. auto: the faster of the two, timed "
                       "over a few steps at start-up on this run's model and devices (recorded "
                       "in run.json; off under a multi-replica strategy).")
-    flags.DEFINE_enum("mixed_precision", _MODEL.mixed_precision, list(PRECISION_POLICIES),
+    flags.DEFINE_enum("mixed_precision", _MODEL.mixed_precision,
+                      [AUTO_PRECISION, *PRECISION_POLICIES],
                       "Keras dtype policy: mixed_float16 (GPUs; loss-scaled) or mixed_bfloat16 "
-                      "(TPUs, recent GPUs); variables, spectral-norm vectors and losses stay float32.")
+                      "(TPUs, recent GPUs); variables, spectral-norm vectors and losses stay "
+                      "float32. auto: mixed_bfloat16 where the device has bfloat16 instructions "
+                      "and the start-up measurement finds it at least 1.1x faster, else float32 "
+                      "(recorded in run.json; float32 under a multi-replica strategy).")
     flags.DEFINE_integer("steps_per_execution", _RUN.steps_per_execution,
                          "Train steps per tf.function call (> 1 needs a single replica or a TPU).")
     flags.DEFINE_integer("log_every", _RUN.log_every, "Steps between TensorBoard scalar summaries.")
