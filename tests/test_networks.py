@@ -286,3 +286,39 @@ def test_checkpoint_holds_and_restores_every_weight(tmp_path, part):
     assert len(source.weights) == len(target.weights)
     for s, t in zip(source.weights, target.weights):
         np.testing.assert_array_equal(t.numpy(), s.numpy(), err_msg=s.path)
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 5, 3), (16, 7)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_computes_what_keras_batch_norm_computes(shape, training):
+    x = tf.random.stateless_normal(shape, [1, 2]) * 3.0 + 1.0
+    layers = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+              nets.BatchNormalization(momentum=0.9, epsilon=1e-5)]
+    for layer in layers:
+        layer.build(shape)
+        for i, weight in enumerate(layer.weights):
+            weight.assign(np.random.RandomState(i).uniform(0.5, 1.5, weight.shape))
+    results = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x, training=training)))
+        results.append([layer(x, training=False)] + tape.gradient(
+            loss, [x, layer.gamma, layer.beta]) + [layer.moving_mean, layer.moving_variance])
+    keras_values, fused_values = results
+    for name, expected, got in zip(["y", "dx", "dgamma", "dbeta", "moving mean",
+                                    "moving variance"], keras_values, fused_values):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5,
+                                   atol=5e-5, err_msg=name)
+    # The fused kernel ran (its op is in the graph), not Keras' path.
+    graph = tf.function(lambda t: layers[1](t, training=training)).get_concrete_function(
+        tf.TensorSpec(shape)).graph
+    assert any(op.type == "FusedBatchNormV3" for op in graph.get_operations())
+
+
+def test_synchronized_batch_norm_keeps_keras_cross_replica_statistics():
+    layer = nets.BatchNormalization(synchronized=True)
+    layer.build((4, 3, 3, 2))
+    graph = tf.function(lambda t: layer(t, training=True)).get_concrete_function(
+        tf.TensorSpec((4, 3, 3, 2))).graph
+    assert not any(op.type == "FusedBatchNormV3" for op in graph.get_operations())
