@@ -124,22 +124,18 @@ def train_step(tuples: str, network, batch: int, jit_compile=None,
     from gali_tf import execution  # pylint: disable=import-outside-toplevel
     from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
 
-    def build_in(policy):
-        model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=policy,
-                                               d_forward=d_forward),
-                          batch, total_steps=10_000, steps_per_epoch=100)
-        model.build()
-        return model
     built = {}
 
-    def build_and_keep(policy):
-        built[policy] = build_in(policy)
+    def build_in(policy):
+        built[policy] = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=policy,
+                                                       d_forward=d_forward),
+                                  batch, total_steps=10_000, steps_per_epoch=100)
+        built[policy].build()
         return built[policy]
-    first = execution.initial_precision(mixed_precision, None)
-    build_and_keep(first)
     x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
-    choice = execution.choose(jit_compile, mixed_precision, built[first], build_and_keep,
-                              tf.data.Dataset.from_tensors(x).repeat(), 1, batch)
+    choice = execution.choose(jit_compile, mixed_precision,
+                              build_in(execution.initial_precision(mixed_precision, None)),
+                              build_in, tf.data.Dataset.from_tensors(x).repeat(), 1, batch)
     print(f"execution (as the trainer measures it): {choice.summary()}", flush=True)
     model = built[choice.mixed_precision]
     compiled = tf.function(model.train_step, jit_compile=choice.jit_compile)
