@@ -219,8 +219,11 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo,
     """Creates and builds the model and its checkpoint inside the strategy scope.
 
     `feature_model` (GALI-PT's frozen M) sets D's feature width; it is not part of the
-    checkpoint.
+    checkpoint. A config asking for --mixed_precision=auto is built in float32 (`train`
+    measures first and passes the chosen policy).
     """
+    config = _in_precision(config, execution_lib.initial_precision(
+        config.model.mixed_precision, None))
     # D's feature trunk exists only for tuple sets with M(...) slots; a run that loads M
     # just for feature MSE (or alice_pt's feature L2) keeps its architecture.
     has_feature_slot = tuples.FEATURE in tuples.parse_tuple_set(config.model.tuples).slot_kinds

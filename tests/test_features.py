@@ -42,8 +42,9 @@ def load_m(path, **options):
 def tiny_pt_model(feature_model, tuples="gali_pt"):
     net = networks.NetworkConfig(arch="small", example_shape=SHAPE, latent_dim=3, width=4,
                                  feature_dim=feature_model.dim)
-    model = GALIModel(net, ModelConfig(tuples=tuples, mixed_precision="float32"), global_batch_size=BATCH,
-                      total_steps=10, steps_per_epoch=5, feature_model=feature_model)
+    model = GALIModel(net, ModelConfig(tuples=tuples, mixed_precision="float32"),
+                      global_batch_size=BATCH, total_steps=10, steps_per_epoch=5,
+                      feature_model=feature_model)
     model.build()
     model.compile(optimizer=None, jit_compile=False)
     return model
