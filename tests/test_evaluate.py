@@ -251,6 +251,18 @@ def test_curve_points_drop_pictures_and_skip_a_point_with_nothing_to_compute():
     assert experiment.point_metrics(["--svm_draws=10"], final=False) == ["--svm_draws=10"]
 
 
+def test_a_report_without_the_asked_metrics_is_not_reused(tmp_path):
+    # A pictures-only evaluation of the final checkpoint, made by hand, once left a
+    # table's final point empty: the experiment took it for its own.
+    report = tmp_path / "6000.json"
+    report.write_text(json.dumps({"metrics": {}, "seconds_per_metric": {"pictures": 1.0}}))
+    assert not experiment._report_has_metrics(str(report), ["--metrics=reconstruction,pictures"])
+    assert experiment._report_has_metrics(str(report), ["--metrics=pictures", "--svm_draws=3"])
+    assert experiment._report_has_metrics(str(report), ["--svm_draws=3"])  # all that apply
+    report.write_text("{not json")
+    assert not experiment._report_has_metrics(str(report), ["--metrics=pictures"])
+
+
 def test_a_curve_point_without_its_checkpoint_is_skipped_with_a_note(tmp_path, capsys):
     # A run trained before --eval_points kept fewer checkpoints: its table point stays.
     report, seconds, command = experiment._evaluate_at(

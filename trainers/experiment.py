@@ -242,6 +242,12 @@ def _evaluate_at(name: str, seed: int, model_dir: str, step: int, eval_args: Lis
                              *([] if final else [f"--checkpoint={checkpoint}"]), *args)
     report_path = os.path.join(model_dir, suite.EVAL_DIR, f"{step}.json")
     seconds = 0.0
+    if os.path.isfile(report_path) and not _report_has_metrics(report_path, args):
+        # e.g. a pictures-only trainers.evaluate of the same checkpoint by hand: reusing
+        # it would leave the point without its numbers.
+        print(f"note: {name} seed {seed}: {report_path} lacks metrics this experiment asks "
+              "for; evaluating again", flush=True)
+        os.remove(report_path)
     if not os.path.isfile(report_path):
         problem = None if final else run_dir.checkpoint_problem(checkpoint)
         if problem:
@@ -255,6 +261,20 @@ def _evaluate_at(name: str, seed: int, model_dir: str, step: int, eval_args: Lis
                        f"{name} seed {seed} evaluation at step {step}")
     with open(report_path) as f:
         return json.load(f), seconds, command
+
+
+def _report_has_metrics(report_path: str, eval_args: List[str]) -> bool:
+    """Whether an evaluation report holds every metric the arguments' --metrics name (a
+    named metric that does not apply is an error in evaluate, so each one asked and
+    run is in the report's timings; without --metrics any report will do)."""
+    asked = [m for arg in eval_args if arg.startswith("--metrics=")
+             for m in arg.split("=", 1)[1].split(",") if m]
+    try:
+        with open(report_path) as f:
+            done = json.load(f).get("seconds_per_metric", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all(m in done for m in asked)
 
 
 def kept_results(name: str, seed: int, model_dir: str) -> Optional[dict]:
