@@ -27,6 +27,30 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def reset_peak_rss() -> bool:
+    """Restarts the process's peak resident size from its current size (Linux: "5" to
+    /proc/self/clear_refs resets VmHWM, and ru_maxrss with it); False elsewhere.
+
+    So the peak of what runs next (training) is not the start-up's (the measurement's
+    XLA compilations)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_mib() -> float:
+    """VmHWM of /proc/self/status in MiB: the peak since `reset_peak_rss` (or since the
+    process started)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def seconds_per_call(fn: Callable[[], object], calls: int, warmup: int = 1) -> float:
     """Mean wall time of `fn()` after `warmup` untimed calls; `fn` must block until done."""
     for _ in range(warmup):
