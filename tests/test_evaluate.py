@@ -241,6 +241,37 @@ def test_experiment_tool_trains_evaluates_and_tabulates(tmp_path):
     assert ("Left out of this table: ALI seed 3 (not among the seeds 0); GALI-4 seed 0 "
             "(final step 100, not the budget's 4).") in table
 
+    # A second table of other variants from the same metrics files (GALI-PT against the
+    # table's GALI-4 runs) has files of its own name: the first table stays.
+    other = subprocess.run([*command[:-2], f"--results={results}", "--report_only",
+                            "--table=ali_only", "--title=ALI alone"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "## ALI alone" in (results / "ali_only.md").read_text()
+    assert "ALI" in json.loads((results / "ali_only.json").read_text())["table"]
+    assert (results / "ali_only_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (results / "table.md").read_text() == table
+
+
+def test_train_and_eval_flags_name_the_experiment_s_own_files_as_out():
+    # e.g. GALI-PT's M is the classifier the experiment trains into OUT/classifier.
+    assert experiment.in_out("--feature_model=OUT/classifier", "/runs/x/") == \
+        "--feature_model=/runs/x/classifier"
+    assert experiment.in_out("--init_from=OUT", "/runs/x") == "--init_from=/runs/x"
+    for unchanged in ("--feature_model=OUTSIDE/m", "--feature_model=runs/OUT/m",
+                      "--verbose=2", "--nojit_compile"):
+        assert experiment.in_out(unchanged, "/runs/x") == unchanged
+
+
+def test_a_table_name_is_a_file_name_and_the_default_keeps_curves_png(tmp_path):
+    assert experiment.table_files(str(tmp_path), "table") == (
+        str(tmp_path / "table"), str(tmp_path / "curves.png"))
+    assert experiment.table_files(str(tmp_path), "gali_pt") == (
+        str(tmp_path / "gali_pt"), str(tmp_path / "gali_pt_curves.png"))
+    for bad in ("", "a/b", "..", ".hidden", "a b"):
+        with pytest.raises(experiment.ExperimentError, match="expected a file name"):
+            experiment.table_files(str(tmp_path), bad)
+
 
 def test_curve_points_drop_pictures_and_skip_a_point_with_nothing_to_compute():
     args = ["--metrics=reconstruction,pictures", "--svm_draws=10"]

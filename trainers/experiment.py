@@ -21,7 +21,9 @@ each metric against steps, mean and min-max over seeds, a line per variant) are 
 from those files alone. RESULTS (--results, default OUT) can be a folder in the
 repository: commit the metrics files, never the runs, and a table grows across
 sessions and machines; --report_only remakes it without training. Re-running the
-command resumes: finished runs and evaluations are reused.
+command resumes: finished runs and evaluations are reused. Experiments that share
+variants (GALI-PT against the table's GALI-4 runs) share one RESULTS and each writes a
+table of its own name (--table).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from gali_tf.evaluation import suite, tables
 from trainers import cli
 
 FLAGS = flags.FLAGS
+DEFAULT_TABLE = "table"
+# What recorded commands say for --out (`_with_out`), and what --train_flags and
+# --eval_flags values may start with to name a file in it.
+OUT = "OUT"
 
 
 @cli.define_once
@@ -54,11 +60,12 @@ def define_flags():
     flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 per variant.")
     flags.DEFINE_integer("steps", 0, "Generator-encoder steps of every run (0 = the flagfile's).")
     flags.DEFINE_list("train_flags", [], "More trainers.main flags for every run "
-                      "(e.g. --verbose=0), comma-separated.")
+                      "(e.g. --verbose=0), comma-separated; a value OUT/... is in --out "
+                      "(e.g. --feature_model=OUT/classifier, the --classifier's export).")
     flags.DEFINE_list("metrics", [], f"trainers.evaluate --metrics (some of "
                       f"{', '.join(suite.METRICS)}; empty = all that apply).")
     flags.DEFINE_list("eval_flags", [], "More trainers.evaluate flags, comma-separated "
-                      "(e.g. --svm_draws=10).")
+                      "(e.g. --svm_draws=10); a value OUT/... is in --out.")
     flags.DEFINE_enum("classifier", "", ["", *classifier.DATASETS],
                       "Train the project classifier on this dataset once and use it as the "
                       "feature MSE and FID network.")
@@ -69,6 +76,10 @@ def define_flags():
                          "steps of --steps (1 = the final step only).")
     flags.DEFINE_string("results", None, "Folder of the metrics files, table and curves "
                         "(default: --out).")
+    flags.DEFINE_string("table", DEFAULT_TABLE, "Name of the table's files in --results: "
+                        "NAME.md, NAME.json and the curves (curves.png for the default "
+                        "name, NAME_curves.png otherwise), so that several tables can be "
+                        "made from one folder of metrics files.")
     flags.DEFINE_bool("report_only", False, "Make the table and curves from the metrics "
                       "files in --results without training or evaluating.")
 
@@ -207,7 +218,8 @@ def _train_command(name: str, flagfile: str, seed: int, model_dir: str) -> List[
     keep = ([f"--checkpoint_every={points[0]}", f"--keep_checkpoints={len(points) + 1}"]
             if points else [])
     return _python_module("trainers.main", f"--flagfile={flagfile}", f"--seed={seed}",
-                          f"--model_dir={model_dir}", *FLAGS.train_flags, *keep,
+                          f"--model_dir={model_dir}",
+                          *(in_out(f, FLAGS.out) for f in FLAGS.train_flags), *keep,
                           *([f"--steps={FLAGS.steps}"] if FLAGS.steps else []))
 
 
@@ -340,7 +352,16 @@ def _config_path() -> str:
 
 def _with_out(text: str) -> str:
     """`text` with OUT for the experiment's --out (the runs' place on one machine)."""
-    return text.replace(FLAGS.out.rstrip("/"), "OUT")
+    return text.replace(FLAGS.out.rstrip("/"), OUT)
+
+
+def in_out(flag: str, out: str) -> str:
+    """A --train_flags/--eval_flags item with a value OUT or OUT/... put in `out`: the
+    experiment's own files (its classifier) named the way its records name them."""
+    name, equals, value = flag.partition("=")
+    if equals and (value == OUT or value.startswith(OUT + "/")):
+        return name + equals + out.rstrip("/") + value[len(OUT):]
+    return flag
 
 
 def _portable(command: List[str]) -> str:
@@ -396,9 +417,10 @@ def main(argv):
         raise ExperimentError(f"--seeds={FLAGS.seeds}: expected at least 1")
     variants = parse_variants(FLAGS.variants)
     eval_steps(FLAGS.steps, FLAGS.eval_points)
+    table_files(_results_dir(), FLAGS.table)   # a bad --table fails now, not after the runs
     if not FLAGS.report_only:
         eval_args = ([f"--metrics={','.join(FLAGS.metrics)}"] if FLAGS.metrics else [])
-        eval_args += list(FLAGS.eval_flags)
+        eval_args += [in_out(f, FLAGS.out) for f in FLAGS.eval_flags]
         if FLAGS.classifier:
             eval_args += ensure_classifier(FLAGS.out)
         for name, flagfile in variants:
@@ -415,12 +437,21 @@ def main(argv):
     text = tables.experiment_report(runs, title=FLAGS.title or os.path.basename(
         _results_dir().rstrip("/")), command=command_line(), invocation_minutes=minutes,
         left_out=left_out)
-    results = _results_dir()
-    files.write_text_atomically(os.path.join(results, "table.md"), text)
-    files.write_text_atomically(os.path.join(results, "table.json"), json.dumps(
+    table, curves = table_files(_results_dir(), FLAGS.table)
+    files.write_text_atomically(table + ".md", text)
+    files.write_text_atomically(table + ".json", json.dumps(
         {"command": command_line(), "table": tables.final_table_json(runs)}, indent=2) + "\n")
-    figure = tables.plot_curves(runs, os.path.join(results, "curves.png"))
+    figure = tables.plot_curves(runs, curves)
     print(text + (f"\ncurves: {figure}" if figure else ""))
+
+
+def table_files(results: str, name: str) -> Tuple[str, str]:
+    """(the table's path without .md/.json, the curves' PNG) of --table=name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise ExperimentError(f"--table={name!r}: expected a file name (letters, digits, "
+                              "_ . -)")
+    curves = "curves.png" if name == DEFAULT_TABLE else f"{name}_curves.png"
+    return os.path.join(results, name), os.path.join(results, curves)
 
 
 def _has_gpu() -> bool:
