@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import sys
@@ -134,6 +135,31 @@ def print_table(rows: Dict[str, str]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def _built_model(tuples: str, network, batch: int, d_forward: str, policy: str):
+    from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
+    model = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=policy,
+                                           d_forward=d_forward),
+                      batch, total_steps=10_000, steps_per_epoch=100)
+    model.build()
+    return model
+
+
+def _batches(network, batch: int):
+    """The benchmark's one synthetic batch, repeated."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
+    return tf.data.Dataset.from_tensors(x).repeat()
+
+
+def _time_afresh(tuples: str, network, batch: int, d_forward: str, timed) -> Dict[str, float]:
+    """The start-up measurement in a process of its own, as the trainer makes it on a
+    CPU (gali_tf.execution.in_child_process)."""
+    from gali_tf import execution  # pylint: disable=import-outside-toplevel
+    models = {p: _built_model(tuples, network, batch, d_forward, p)
+              for p in dict.fromkeys(c.mixed_precision for c in timed)}
+    return execution.seconds_per_step(models, _batches(network, batch), list(timed))
+
+
 def train_step(tuples: str, network, batch: int, jit_compile=None,
                mixed_precision: str = "auto", d_forward: str = "fresh"):
     """(model, x, step, choice) for timing GALIModel.train_step on a fixed batch.
@@ -146,20 +172,27 @@ def train_step(tuples: str, network, batch: int, jit_compile=None,
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from gali_tf import execution  # pylint: disable=import-outside-toplevel
-    from gali_tf.model import GALIModel, ModelConfig  # pylint: disable=import-outside-toplevel
 
     built = {}
 
     def build_in(policy):
-        built[policy] = GALIModel(network, ModelConfig(tuples=tuples, mixed_precision=policy,
-                                                       d_forward=d_forward),
-                                  batch, total_steps=10_000, steps_per_epoch=100)
-        built[policy].build()
+        built[policy] = _built_model(tuples, network, batch, d_forward, policy)
         return built[policy]
-    x = tf.random.stateless_uniform([batch, *network.example_shape], [0, 0], -1.0, 1.0)
-    choice = execution.choose(jit_compile, mixed_precision,
-                              build_in(execution.initial_precision(mixed_precision, None)),
-                              build_in, tf.data.Dataset.from_tensors(x).repeat(), 1, batch)
+
+    def time_in_this_process(timed):
+        return execution.measure(
+            {p: build_in(p) for p in dict.fromkeys(c.mixed_precision for c in timed)},
+            _batches(network, batch), timed)
+    # As the trainer does: the run's model first, in float32 until measured.
+    build_in(execution.initial_precision(mixed_precision, None))
+    choice = execution.choose(
+        jit_compile, mixed_precision, 1, batch,
+        functools.partial(execution.in_child_process, _time_afresh, tuples, network, batch,
+                          d_forward)
+        if execution.measures_in_a_process_of_its_own() else time_in_this_process)
+    if choice.mixed_precision not in built:
+        build_in(choice.mixed_precision)
+    x = next(iter(_batches(network, batch)))
     print(f"execution (as the trainer measures it): {choice.summary()}", flush=True)
     model = built[choice.mixed_precision]
     compiled = tf.function(model.train_step, jit_compile=choice.jit_compile)

@@ -8,12 +8,16 @@ EPYC without AVX-512 svhn32 ran 1.30x faster with XLA and bfloat16 was 10x slowe
 steps of each candidate (XLA or not, float32 or mixed_bfloat16 where the device has
 bfloat16 instructions) on the run's own model, data and device, keeps the fastest, and
 the run records the choice (run.json "execution") so that a resume on the same devices
-does not measure again.
+does not measure again. On a CPU the timing runs in a process of its own
+(`in_child_process`), so that the candidates it compiled and the models it built do not
+stay in the training process's memory.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import re
 import time
 from typing import Callable, Dict, List, Mapping, Optional
@@ -174,14 +178,12 @@ def fastest(timings: Mapping[str, float], timed: List[Candidate]) -> Candidate:
 
 
 def measure(models: Mapping[str, keras.Model], dataset: tf.data.Dataset,
-            timed: List[Candidate], measured_for: dict,
-            steps: int = MEASURED_STEPS) -> ExecutionChoice:
-    """Times every candidate and picks (`fastest`).
+            timed: List[Candidate], steps: int = MEASURED_STEPS) -> Dict[str, float]:
+    """`seconds_per_step` in this process, leaving the run's state as it was.
 
     The first of `models` holds the run's state (restored checkpoint, output bias); the
     others get a copy before they are timed, and every model gets it back afterwards,
-    so the run trains exactly as it would have without the measurement. A candidate
-    that fails to compile is not chosen.
+    so the run trains exactly as it would have without the measurement.
     """
     base, *others = list(models.values())
     saved = [v.numpy() for v in _state_variables(base)]
@@ -192,19 +194,56 @@ def measure(models: Mapping[str, keras.Model], dataset: tf.data.Dataset,
                 variable.assign(value)
     restore_all()
     try:
-        timings = seconds_per_step(models, dataset, timed, steps)
+        return seconds_per_step(models, dataset, timed, steps)
     finally:
         restore_all()
+
+
+def copy_state(source: keras.Model, target: keras.Model) -> None:
+    """Gives `target` (the same run built in another precision) `source`'s state."""
+    for variable, value in zip(_state_variables(target), _state_variables(source)):
+        variable.assign(value)
+
+
+def in_child_process(function: Callable[..., Dict[str, float]], *args) -> Dict[str, float]:
+    """`function(*args)` run in a new Python process (multiprocessing "spawn"); its
+    result, or its exception re-raised here (a crash is BrokenProcessPool).
+
+    Where the measurement runs on a CPU: what it leaves behind stays resident in the
+    process that made it for the rest of the run (TensorFlow keeps every XLA
+    compilation; oneDNN and malloc keep the unchosen model's buffers). On svhn32
+    GALI-4 at batch 100 the step trained in 3879 MiB after an in-process measurement
+    and in 1569 MiB with the mode forced (README, "Benchmarks").
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def measures_in_a_process_of_its_own() -> bool:
+    """Whether the start-up measurement runs in `in_child_process`: on a CPU. A GPU's
+    memory already belongs to the training process (TensorFlow reserves it at its
+    first op), so a second process would find none; there it runs in the process."""
+    return not tf.config.list_logical_devices("GPU")
+
+
+def choice_from(timings: Mapping[str, float], timed: List[Candidate], measured_for: dict,
+                failure: str = "") -> ExecutionChoice:
+    """The fastest of `timings` (`fastest`), with the reason it was chosen; XLA off in
+    the first precision asked when nothing could be timed (`failure` says why)."""
     failed = [c.name for c in timed if c.name not in timings]
-    reason = "measured" + (f"; {', '.join(failed)} failed to compile" if failed else "")
+    reason = "measured" + (f"; {', '.join(failed)} failed to compile"
+                           if failed and timings else "")
     if not timings:
-        return ExecutionChoice(False, {}, measured_for, reason, timed[0].mixed_precision)
+        return ExecutionChoice(False, {}, measured_for,
+                               f"not measured: {failure or 'no candidate compiled'}",
+                               timed[0].mixed_precision)
     best = fastest(timings, timed)
     if best.mixed_precision != BFLOAT16 and any(
             c.mixed_precision == BFLOAT16 and timings.get(c.name, np.inf) < timings[best.name]
             for c in timed):
         reason += f"; {BFLOAT16} is faster by less than {BFLOAT16_MIN_SPEEDUP}x"
-    return ExecutionChoice(best.jit_compile, timings, measured_for, reason,
+    return ExecutionChoice(best.jit_compile, dict(timings), measured_for, reason,
                            best.mixed_precision)
 
 
@@ -226,17 +265,15 @@ def initial_precision(mixed_precision: str, recorded: Optional[ExecutionChoice])
     return recorded.mixed_precision if recorded else "float32"
 
 
-def choose(jit_compile: Optional[bool], mixed_precision: str, model: keras.Model,
-           build_model_in: Callable[[str], keras.Model], dataset: tf.data.Dataset,
-           replicas: int, batch_size: int, previous: Optional[Mapping] = None,
-           will_train: bool = True) -> ExecutionChoice:
+def choose(jit_compile: Optional[bool], mixed_precision: str, replicas: int,
+           batch_size: int, time_candidates: Callable[[List[Candidate]], Dict[str, float]],
+           previous: Optional[Mapping] = None, will_train: bool = True) -> ExecutionChoice:
     """The XLA setting and precision of a session.
 
     `jit_compile` None and `mixed_precision` AUTO leave each to the measurement; the
-    run's recorded measurement is reused when made for the same devices, else a new
-    one is made (none when the session `will_train` no step). `model` is built in
-    `initial_precision`; `build_model_in(policy)` builds the run's model in another one
-    for timing (the caller keeps it to train with, if it is chosen).
+    run's recorded measurement is reused when made for the same devices, else
+    `time_candidates(candidates)` times them (seconds per step by Candidate.name; see
+    `measure` and `in_child_process`), unless the session `will_train` no step.
     """
     measured_for = devices_description(replicas, mixed_precision, batch_size)
     fixed_precision = initial_precision(mixed_precision, None)
@@ -260,9 +297,10 @@ def choose(jit_compile: Optional[bool], mixed_precision: str, model: keras.Model
         return ExecutionChoice(timed[0].jit_compile, {}, measured_for,
                                forced + "float32: no bfloat16 instructions on this device",
                                timed[0].mixed_precision)
-    precisions = list(dict.fromkeys(c.mixed_precision for c in timed))
-    models = {fixed_precision: model}
-    for policy in precisions:
-        if policy not in models:
-            models[policy] = build_model_in(policy)
-    return measure(models, dataset, timed, measured_for)
+    try:
+        return choice_from(time_candidates(timed), timed, measured_for)
+    except (concurrent.futures.process.BrokenProcessPool, OSError) as error:
+        # The measuring process died (out of memory, a crashed compilation): train as
+        # if XLA were off rather than not at all.
+        return choice_from({}, timed, measured_for,
+                           f"the measuring process failed ({type(error).__name__})")

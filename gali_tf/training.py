@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import keras
 import numpy as np
@@ -333,13 +333,28 @@ def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
         built = {config.model.mixed_precision: (model, checkpoint)}
 
         def build_in(policy):
-            built[policy] = build_model(_in_precision(config, policy), info, strategy,
-                                        feature_model)[:2]
+            if policy not in built:
+                built[policy] = build_model(_in_precision(config, policy), info, strategy,
+                                            feature_model)[:2]
             return built[policy][0]
+
+        def time_in_this_process(timed):
+            # The run's own model first: `measure` copies its state to the others.
+            own = config.model.mixed_precision
+            models = {p: build_in(p) for p in dict.fromkeys(
+                [own] + [c.mixed_precision for c in timed])}
+            return execution_lib.measure(models, train_ds, timed)
+        # On a CPU the measurement runs in a process of its own, so that its XLA
+        # compilations and the unchosen model do not stay in this one's memory while
+        # it trains; the caller's dataset cannot be sent there, so it is timed here.
+        in_child = caller is None and execution_lib.measures_in_a_process_of_its_own()
         execution = execution_lib.choose(
-            config.jit_compile, requested_precision, model, build_in, train_ds, replicas,
-            config.batch_size, previous_execution, will_train=start_step < model.total_steps)
-        # The measurement left every candidate model in the run's state: train the chosen.
+            config.jit_compile, requested_precision, replicas, config.batch_size,
+            functools.partial(execution_lib.in_child_process, time_afresh, config)
+            if in_child else time_in_this_process,
+            previous_execution, will_train=start_step < model.total_steps)
+        if execution.mixed_precision not in built:
+            execution_lib.copy_state(model, build_in(execution.mixed_precision))
         model, checkpoint = built[execution.mixed_precision]
         config = _in_precision(config, execution.mixed_precision)
         del built
@@ -371,6 +386,22 @@ def train(config: TrainConfig, dataset=None, callbacks: Sequence = (),
 def _in_precision(config: TrainConfig, policy: str) -> TrainConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model,
                                                                  mixed_precision=policy))
+
+
+def time_afresh(config: TrainConfig, timed: Sequence[execution_lib.Candidate]
+                ) -> Dict[str, float]:
+    """The start-up measurement as a process of its own makes it (`in_child_process`):
+    the run's data and, per timed precision, the run's model built afresh, on one
+    device. A step's time does not depend on the weights' values, so the run's
+    checkpoint is not needed; nothing is written."""
+    info = data_lib.dataset_info(config.data)
+    feature_model = features_lib.load_feature_model(feature_config(config.model))
+    strategy = tf.distribute.get_strategy()
+    precisions = list(dict.fromkeys(c.mixed_precision for c in timed))
+    models = {p: build_model(_in_precision(config, p), info, strategy, feature_model)[0]
+              for p in precisions}
+    return execution_lib.seconds_per_step(models, _train_dataset(config, info, 0),
+                                          list(timed))
 
 
 def checkpoint_dirs(model_dir: str) -> List[str]:

@@ -45,4 +45,8 @@ def float32_unless_asked():
     from gali_tf import execution
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(execution, "has_bfloat16_instructions", lambda: False)
+        # The measurement's own process costs a TensorFlow start-up (seconds) per run:
+        # tests measure in theirs, with the same function; tests/test_execution.py runs
+        # the real one.
+        patch.setattr(execution, "in_child_process", lambda function, *args: function(*args))
         yield

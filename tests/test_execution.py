@@ -15,8 +15,10 @@ from gali_tf.errors import ConfigError
 from gali_tf.model import GALIModel, ModelConfig
 
 F32, BF16 = "float32", execution.BFLOAT16
-# The real device check (tests/conftest.py replaces it with "no" in every test).
+# The real device check and measuring process (tests/conftest.py replaces them in every
+# test: "no", and the measurement in the test's own process).
 _DEVICE_CHECK = execution.has_bfloat16_instructions
+_IN_CHILD_PROCESS = execution.in_child_process
 
 
 def _tiny(tmp_path, policy=F32, **overrides):
@@ -46,11 +48,9 @@ def test_measurement_leaves_every_model_in_the_runs_state(tmp_path):
     # Without XLA only: an XLA compilation takes tens of seconds here, and the restoring
     # does not depend on which modes ran.
     timed = [execution.Candidate(F32, False), execution.Candidate(BF16, False)]
-    choice = execution.measure({F32: model, BF16: other}, dataset, timed,
-                               {"device": "CPU"}, steps=2)
-    assert set(choice.seconds_per_step) == _names((F32, False), (BF16, False))
-    assert not choice.jit_compile and choice.mixed_precision in (F32, BF16)
-    assert all(t > 0 for t in choice.seconds_per_step.values())
+    timings = execution.measure({F32: model, BF16: other}, dataset, timed, steps=2)
+    assert set(timings) == _names((F32, False), (BF16, False))
+    assert all(t > 0 for t in timings.values())
     for built in (model, other):
         assert int(built.step.numpy()) == 0
         for variable, value in zip(execution._state_variables(built), before):
@@ -103,36 +103,63 @@ def test_forced_reused_and_multi_replica_choices_measure_nothing(tmp_path, monke
         raise AssertionError("measured")
     monkeypatch.setattr(execution, "seconds_per_step", refuse)
     monkeypatch.setattr(execution, "has_bfloat16_instructions", lambda: True)
-    forced = execution.choose(True, F32, model, refuse, dataset, 1, 50)
+    forced = execution.choose(True, F32, 1, 50, refuse)
     assert forced.jit_compile and forced.mixed_precision == F32
-    several = execution.choose(None, "auto", model, refuse, dataset, 2, 50)
+    several = execution.choose(None, "auto", 2, 50, refuse)
     assert not several.jit_compile and several.mixed_precision == F32
     assert "2 replicas" in several.reason
     previous = execution.ExecutionChoice(
         True, {"float32/xla": 0.3, "mixed_bfloat16/xla": 0.1},
         execution.devices_description(1, "auto", 50), "measured", BF16).as_record()
-    reused = execution.choose(None, "auto", model, refuse, dataset, 1, 50,
+    reused = execution.choose(None, "auto", 1, 50, refuse,
                               previous=json.loads(json.dumps(previous)))
     assert reused.jit_compile and reused.mixed_precision == BF16
     assert "earlier session" in reused.reason
     # A record from before the precision was measured (keys "xla", "no_xla").
     old = {"jit_compile": False, "seconds_per_step": {"no_xla": 0.2, "xla": 0.4},
            "measured_for": execution.devices_description(1, F32, 50), "reason": "measured"}
-    assert execution.choose(None, F32, model, refuse, dataset, 1, 50,
-                            previous=old).mixed_precision == F32
+    assert execution.choose(None, F32, 1, 50, refuse, previous=old).mixed_precision == F32
     # Another batch size (or device, precision asked) is another measurement.
-    monkeypatch.setattr(execution, "seconds_per_step", lambda *a, **k: {
-        "float32/no_xla": 1.0, "float32/xla": 2.0})
-    again = execution.choose(None, F32, model, refuse, dataset, 1, 100, previous=previous)
+    again = execution.choose(None, F32, 1, 100, lambda timed: {
+        "float32/no_xla": 1.0, "float32/xla": 2.0}, previous=previous)
     assert not again.jit_compile and again.reason == "measured"
     assert "float32/xla 2000 ms/step" in again.summary()
     # A bfloat16 gain under the margin keeps float32, and the reason says why.
-    monkeypatch.setattr(execution, "seconds_per_step", lambda *a, **k: {
-        "float32/no_xla": 0.50, "mixed_bfloat16/no_xla": 0.47})
-    close = execution.measure({F32: model, BF16: model}, dataset,
-                              [execution.Candidate(F32, False), execution.Candidate(BF16, False)],
-                              {})
+    close = execution.choice_from({"float32/no_xla": 0.50, "mixed_bfloat16/no_xla": 0.47},
+                                  [execution.Candidate(F32, False),
+                                   execution.Candidate(BF16, False)], {})
     assert close.mixed_precision == F32 and "by less than 1.1x" in close.reason
+
+
+def test_a_measuring_process_that_dies_leaves_xla_off_and_the_next_session_measuring():
+    def crash(timed):
+        raise execution.concurrent.futures.process.BrokenProcessPool("killed")
+    choice = execution.choose(None, F32, 1, 50, crash)
+    assert not choice.jit_compile and choice.mixed_precision == F32
+    assert choice.reason == "not measured: the measuring process failed (BrokenProcessPool)"
+    assert choice.seconds_per_step == {}
+    assert execution.recorded_choice(choice.as_record(), choice.measured_for) is None
+
+
+def test_on_a_cpu_the_run_is_measured_in_a_process_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(execution, "in_child_process", _IN_CHILD_PROCESS)
+    monkeypatch.setattr(execution, "has_bfloat16_instructions", lambda: True)
+    timed_here = []
+    monkeypatch.setattr(execution, "seconds_per_step",
+                        lambda *args, **kwargs: timed_here.append(args) or {})
+    config = training.TrainConfig(
+        model_dir=str(tmp_path / "run"), data=data.DataConfig(dataset="digits", image_size=8),
+        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
+        batch_size=50, steps=1, verbose=0, image_every=0, checkpoint_every=1,
+        jit_compile=False)
+    result = training.train(config)
+    # The child timed both precisions (this process's patched timer was not called).
+    execution_record = json.loads((tmp_path / "run" / "run.json").read_text())["execution"]
+    assert not timed_here and execution_record["reason"].startswith("measured")
+    assert set(execution_record["seconds_per_step"]) == _names((F32, False), (BF16, False))
+    assert all(t > 0 for t in execution_record["seconds_per_step"].values())
+    assert result.step == 1
+    assert result.model.encoder.dtype_policy.name == execution_record["mixed_precision"]
 
 
 def test_a_model_is_built_in_one_policy():
