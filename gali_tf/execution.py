@@ -299,7 +299,7 @@ def choose(jit_compile: Optional[bool], mixed_precision: str, replicas: int,
                                timed[0].mixed_precision)
     try:
         return choice_from(time_candidates(timed), timed, measured_for)
-    except (concurrent.futures.process.BrokenProcessPool, OSError) as error:
+    except (concurrent.futures.BrokenExecutor, OSError) as error:
         # The measuring process died (out of memory, a crashed compilation): train as
         # if XLA were off rather than not at all.
         return choice_from({}, timed, measured_for,

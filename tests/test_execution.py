@@ -5,6 +5,7 @@ benchmarks/train_step.py); they check the choice follows the timings it is given
 """
 
 import json
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def test_forced_reused_and_multi_replica_choices_measure_nothing(tmp_path, monke
 
 def test_a_measuring_process_that_dies_leaves_xla_off_and_the_next_session_measuring():
     def crash(timed):
-        raise execution.concurrent.futures.process.BrokenProcessPool("killed")
+        raise BrokenProcessPool("killed")
     choice = execution.choose(None, F32, 1, 50, crash)
     assert not choice.jit_compile and choice.mixed_precision == F32
     assert choice.reason == "not measured: the measuring process failed (BrokenProcessPool)"
