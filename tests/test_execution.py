@@ -34,6 +34,14 @@ def _tiny(tmp_path, policy=F32, **overrides):
     return config, model, dataset
 
 
+def _one_step_run(tmp_path, **overrides):
+    """A tiny digits run of one step in tmp_path/run."""
+    return training.TrainConfig(
+        model_dir=str(tmp_path / "run"), data=data.DataConfig(dataset="digits", image_size=8),
+        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
+        batch_size=50, steps=1, verbose=0, image_every=0, checkpoint_every=1, **overrides)
+
+
 def _names(*candidates):
     return {execution.Candidate(p, jit).name for p, jit in candidates}
 
@@ -148,11 +156,7 @@ def test_on_a_cpu_the_run_is_measured_in_a_process_of_its_own(tmp_path, monkeypa
     timed_here = []
     monkeypatch.setattr(execution, "seconds_per_step",
                         lambda *args, **kwargs: timed_here.append(args) or {})
-    config = training.TrainConfig(
-        model_dir=str(tmp_path / "run"), data=data.DataConfig(dataset="digits", image_size=8),
-        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
-        batch_size=50, steps=1, verbose=0, image_every=0, checkpoint_every=1,
-        jit_compile=False)
+    config = _one_step_run(tmp_path, jit_compile=False)
     result = training.train(config)
     # The child timed both precisions (this process's patched timer was not called).
     execution_record = json.loads((tmp_path / "run" / "run.json").read_text())["execution"]
@@ -177,10 +181,7 @@ def test_a_run_records_its_measured_choice_and_a_resume_reuses_it(tmp_path, monk
         calls.append(sorted(models))
         return {"float32/no_xla": 0.2, "float32/xla": 0.4}
     monkeypatch.setattr(execution, "seconds_per_step", fake)
-    config = training.TrainConfig(
-        model_dir=str(tmp_path / "run"), data=data.DataConfig(dataset="digits", image_size=8),
-        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
-        batch_size=50, steps=1, verbose=0, image_every=0, checkpoint_every=1)
+    config = _one_step_run(tmp_path)
     training.train(config)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["execution"]["jit_compile"] is False
@@ -202,11 +203,7 @@ def test_a_run_trains_in_the_precision_it_measured_fastest(tmp_path, monkeypatch
             np.testing.assert_array_equal(a.numpy(), b.numpy())
         return {"float32/no_xla": 0.5, "mixed_bfloat16/no_xla": 0.2}
     monkeypatch.setattr(execution, "seconds_per_step", fake)
-    config = training.TrainConfig(
-        model_dir=str(tmp_path / "run"), data=data.DataConfig(dataset="digits", image_size=8),
-        network=networks.NetworkConfig(arch="small", latent_dim=3, width=4),
-        batch_size=50, steps=1, verbose=0, image_every=0, checkpoint_every=1,
-        jit_compile=False)
+    config = _one_step_run(tmp_path, jit_compile=False)
     first = training.train(config)
     assert first.model.encoder.dtype_policy.name == BF16
     assert calls == [[F32, BF16]]
