@@ -263,6 +263,16 @@ def test_train_and_eval_flags_name_the_experiment_s_own_files_as_out():
         assert experiment.in_out(unchanged, "/runs/x") == unchanged
 
 
+def test_first_seed_leaves_the_lower_seeds_to_another_process():
+    assert list(experiment.seeds_this_invocation(0, 3)) == [0, 1, 2]
+    assert list(experiment.seeds_this_invocation(2, 3)) == [2]
+    for first, seeds, expected in ((0, 0, "--seeds=0: expected at least 1"),
+                                   (3, 3, "--first_seed=3: expected 0..2"),
+                                   (-1, 3, "--first_seed=-1: expected 0..2")):
+        with pytest.raises(experiment.ExperimentError, match=expected):
+            experiment.seeds_this_invocation(first, seeds)
+
+
 def test_a_table_name_is_a_file_name_and_the_default_keeps_curves_png(tmp_path):
     assert experiment.table_files(str(tmp_path), "table") == (
         str(tmp_path / "table"), str(tmp_path / "curves.png"))

@@ -4,7 +4,8 @@ r"""Trains and evaluates several variants with one budget; writes one comparison
     python -m trainers.experiment --config=configs/experiments/toy_table.flags --seeds=5
 
 --config is a flagfile of this tool's flags (later flags override it). For every
-variant (NAME:FLAGFILE of trainers.main) and seed 0..--seeds-1 it runs
+variant (NAME:FLAGFILE of trainers.main) and seed 0..--seeds-1 (from --first_seed: a
+process, or a machine, per seed) it runs
 `trainers.main --flagfile=FLAGFILE --seed=S --model_dir=OUT/NAME/seed_S` and then
 `trainers.evaluate` on that run, each in its own process, logging to train.log and
 eval.log next to the run. --classifier=digits first trains the project's digits
@@ -58,6 +59,9 @@ def define_flags():
     flags.DEFINE_string("config", None, "Flagfile of this tool's flags (an experiment).")
     flags.DEFINE_list("variants", [], "NAME:FLAGFILE pairs, a trainers.main flagfile each.")
     flags.DEFINE_integer("seeds", 3, "Seeds 0..seeds-1 per variant.")
+    flags.DEFINE_integer("first_seed", 0, "Train and evaluate only seeds first_seed.."
+                         "seeds-1 (the table still reports 0..seeds-1 from the metrics "
+                         "files), so that processes or machines can take a seed each.")
     flags.DEFINE_integer("steps", 0, "Generator-encoder steps of every run (0 = the flagfile's).")
     flags.DEFINE_list("train_flags", [], "More trainers.main flags for every run "
                       "(e.g. --verbose=0), comma-separated; a value OUT/... is in --out "
@@ -413,8 +417,7 @@ def main(argv):
     started = time.time()
     if not FLAGS.out and not (FLAGS.report_only and FLAGS.results):
         raise ExperimentError("--out is required (the experiment's directory)")
-    if FLAGS.seeds < 1:
-        raise ExperimentError(f"--seeds={FLAGS.seeds}: expected at least 1")
+    seeds_to_run = seeds_this_invocation(FLAGS.first_seed, FLAGS.seeds)
     variants = parse_variants(FLAGS.variants)
     eval_steps(FLAGS.steps, FLAGS.eval_points)
     table_files(_results_dir(), FLAGS.table)   # a bad --table fails now, not after the runs
@@ -424,7 +427,7 @@ def main(argv):
         if FLAGS.classifier:
             eval_args += ensure_classifier(FLAGS.out)
         for name, flagfile in variants:
-            for seed in range(FLAGS.seeds):
+            for seed in seeds_to_run:
                 train_and_evaluate(name, flagfile, seed, eval_args)
     runs, left_out = tables.select_runs(
         tables.read_run_results(_results_dir(), [name for name, _ in variants]),
@@ -443,6 +446,16 @@ def main(argv):
         {"command": command_line(), "table": tables.final_table_json(runs)}, indent=2) + "\n")
     figure = tables.plot_curves(runs, curves)
     print(text + (f"\ncurves: {figure}" if figure else ""))
+
+
+def seeds_this_invocation(first_seed: int, seeds: int) -> range:
+    """The seeds this process trains: first_seed..seeds-1 of the table's 0..seeds-1."""
+    if seeds < 1:
+        raise ExperimentError(f"--seeds={seeds}: expected at least 1")
+    if not 0 <= first_seed < seeds:
+        raise ExperimentError(f"--first_seed={first_seed}: expected 0..{seeds - 1} "
+                              f"(--seeds={seeds} makes the table of seeds 0..{seeds - 1})")
+    return range(first_seed, seeds)
 
 
 def table_files(results: str, name: str) -> Tuple[str, str]:
